@@ -1,0 +1,28 @@
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: test demo lint format bench clean
+
+$(BIN)/mitmdump: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+test: $(BIN)/mitmdump
+	$(BIN)/python -m pytest -q
+
+lint: $(BIN)/mitmdump
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(BIN)/mitmdump
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+demo: $(BIN)/mitmdump
+	$(BIN)/python -m tests.demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,1 @@
+"""quota-router: pool ChatGPT/Codex accounts behind one mitmproxy."""

@@ -1,0 +1,35 @@
+"""Answers the proxy gives itself when no pooled account can serve, shaped like Codex's."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    status: int
+    body: dict[str, object]
+    reason: str  # one line for logs and the flow comment
+
+    def content(self) -> bytes:
+        return json.dumps(self.body).encode()
+
+
+def usage_limit(resets_at: int, now: float, plan: str | None) -> Refusal:
+    """What the upstream says when an account is out: Codex shows its usage-limit message."""
+    body = {
+        "error": {
+            "type": "usage_limit_reached",
+            "message": "The usage limit has been reached on every pooled account.",
+            "plan_type": plan or "plus",
+            "resets_at": resets_at,
+            "resets_in_seconds": max(0, int(resets_at - now)),
+        }
+    }
+    return Refusal(429, body, f"every account is rate limited until {resets_at}")
+
+
+def unavailable(code: str, message: str) -> Refusal:
+    body = {"error": {"type": "no_account_available", "code": code, "message": message}}
+    return Refusal(503, body, message)

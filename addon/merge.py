@@ -1,0 +1,63 @@
+"""Merge two versions of the state: what this process holds and what is on disk now.
+
+The disk decides which accounts exist (only the CLI adds or removes them). Within an account,
+each group of fields keeps the side that changed it last, and request counts add up: the disk's
+count plus what this process routed since it last saved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from addon.state import Account, Block, State, Window
+
+
+def _newer_window(mine: Window | None, theirs: Window | None) -> Window | None:
+    if mine is None or theirs is None:
+        return mine or theirs
+    return mine if mine.observed_at > theirs.observed_at else theirs
+
+
+def _live_block(mine: Account, theirs: Account, windows: list[Window | None]) -> Block | None:
+    blocks = [b for b in (mine.block, theirs.block) if b is not None]
+    if not blocks:
+        return None
+    block = max(blocks, key=lambda b: b.observed_at)
+    # A block one side already cleared (fresh usage showed headroom) stays cleared.
+    later = [w for w in windows if w is not None and w.observed_at > block.observed_at]
+    if later and all(w.used_percent < 100 for w in later):
+        return None
+    return block
+
+
+def merge_account(mine: Account, theirs: Account, unsaved_requests: int) -> Account:
+    merged = theirs.model_copy()
+    if mine.credentials.updated_at > theirs.credentials.updated_at:
+        merged.credentials = mine.credentials
+        merged.plan, merged.email = mine.plan, mine.email
+    if mine.status_at > theirs.status_at:
+        merged.status, merged.status_reason = mine.status, mine.status_reason
+        merged.status_at = mine.status_at
+    if mine.settings_at > theirs.settings_at:
+        merged.name, merged.priority = mine.name, mine.priority
+        merged.max_primary_percent = mine.max_primary_percent
+        merged.max_secondary_percent = mine.max_secondary_percent
+        merged.settings_at = mine.settings_at
+    merged.primary = _newer_window(mine.primary, theirs.primary)
+    merged.secondary = _newer_window(mine.secondary, theirs.secondary)
+    merged.block = _live_block(mine, theirs, [merged.primary, merged.secondary])
+    merged.requests = theirs.requests + unsaved_requests
+    used = [t for t in (mine.last_used_at, theirs.last_used_at) if t is not None]
+    merged.last_used_at = max(used) if used else None
+    return merged
+
+
+def merge(mine: State, theirs: State, unsaved_requests: Mapping[str, int]) -> State:
+    own = {a.id: a for a in list(mine.accounts)}
+    accounts = [
+        merge_account(own[a.id], a, unsaved_requests.get(a.id, 0))
+        if a.id in own
+        else a.model_copy()
+        for a in theirs.accounts
+    ]
+    return State(version=theirs.version, accounts=accounts)

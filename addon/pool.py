@@ -1,0 +1,183 @@
+"""The pool in memory: choosing an account, learning usage, operator changes, status rows.
+
+The pool never touches the disk; persistence.py saves and reloads it.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from addon import answers, selection
+from addon.merge import merge
+from addon.selection import Strategy
+from addon.state import Account, Block, State, Status, Window
+from addon.usage import LimitHit, UsageReport, WindowReport
+
+
+class PoolError(Exception):
+    """A mistake by the operator (unknown account, bad value); the message says which."""
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    account: Account
+    strategy: Strategy
+
+
+class Pool:
+    def __init__(self, state: State | None = None, rng: random.Random | None = None) -> None:
+        self.state = state or State()
+        self.rng = rng or random.Random()
+        # Requests routed since the last save, by account id: saving adds them to the file's
+        # count instead of overwriting it, so two writers never lose each other's counts.
+        self.unsaved_requests: Counter[str] = Counter()
+        self.changes = 0  # bumped on every change; the saver compares it
+        self._index = {a.id: a for a in self.accounts}
+
+    # -- reading --------------------------------------------------------------------------
+    @property
+    def accounts(self) -> list[Account]:
+        return self.state.accounts
+
+    def get(self, name: str) -> Account:
+        account = self.state.by_name(name)
+        if account is None:
+            known = ", ".join(a.name for a in self.accounts) or "none"
+            raise PoolError(f"no account named {name!r} (known: {known})")
+        return account
+
+    def choose(self, strategy: Strategy, now: float) -> Choice | answers.Refusal:
+        account = selection.choose(strategy, self.accounts, now, self.rng)
+        if account is not None:
+            return Choice(account, strategy)
+        return self.refusal(now)
+
+    def refusal(self, now: float) -> answers.Refusal:
+        """Why nothing can serve: limits first (Codex shows the reset time), then the rest."""
+        limited = [
+            (until, a)
+            for a in self.accounts
+            if a.status is Status.ACTIVE and (until := selection.blocked_until(a, now)) is not None
+        ]
+        if limited:
+            until, account = min(limited, key=lambda pair: pair[0])
+            return answers.usage_limit(until, now, account.plan.value)
+        if all(a.status is Status.PAUSED for a in self.accounts):
+            return answers.unavailable(
+                "all_accounts_paused",
+                "quota-router: every pooled account is paused; resume one with "
+                "`python -m addon resume NAME`.",
+            )
+        return answers.unavailable(
+            "all_accounts_need_login",
+            "quota-router: no pooled account can be used: each one is paused or needs a new "
+            "login (`python -m addon import AUTH_JSON --name NAME`).",
+        )
+
+    # -- learning from the upstream -------------------------------------------------------
+    def record_route(self, account: Account, now: float) -> None:
+        account.requests += 1
+        account.last_used_at = int(now)
+        self.unsaved_requests[account.id] += 1
+        self.changes += 1
+
+    def record_usage(self, account: Account, report: UsageReport, now: float) -> None:
+        if report.primary:
+            account.primary = _window(report.primary, now)
+        if report.secondary:
+            account.secondary = _window(report.secondary, now)
+        # Fresh evidence of headroom ends a block early (the upstream reset early, or a
+        # reset credit was used): no stale blocks.
+        reported = [w for w in (report.primary, report.secondary) if w is not None]
+        if account.block and all(w.used_percent < 100 for w in reported):
+            account.block = None
+        self.changes += 1
+
+    def record_limit(self, account: Account, hit: LimitHit, now: float) -> None:
+        if hit.usage:
+            self.record_usage(account, hit.usage, now)
+        account.block = Block(until=hit.resets_at, reason=hit.kind[:200], observed_at=now)
+        self.changes += 1
+
+    # -- operator changes -----------------------------------------------------------------
+    def pause(self, name: str) -> Account:
+        return self.set_status(name, Status.PAUSED)
+
+    def resume(self, name: str) -> Account:
+        if self.get(name).status is Status.REAUTH_REQUIRED:
+            raise PoolError(
+                f"{name!r} needs a new login, not a resume: log in with codex, then "
+                f"`python -m addon import AUTH_JSON --name {name} --replace`"
+            )
+        return self.set_status(name, Status.ACTIVE)
+
+    def set_status(self, name: str, status: Status, reason: str = "") -> Account:
+        account = self.get(name)
+        account.status = status
+        account.status_reason = reason[:300]
+        account.status_at = time.time()
+        self.changes += 1
+        return account
+
+    def adopt(self, theirs: State) -> None:
+        """Take in what another writer (the CLI, a second proxy) put in the file."""
+        # No change count here: the file already holds what this process had when it saved.
+        self.state = merge(self.state, theirs, self.unsaved_requests)
+        self._index = {a.id: a for a in self.accounts}
+
+    def by_id(self, account_id: str) -> Account | None:
+        return self._index.get(account_id)
+
+    # -- showing --------------------------------------------------------------------------
+    def rows(self, now: float, strategy: Strategy = Strategy.FILL_FIRST) -> list[dict[str, Any]]:
+        """One dict per account: the `status --json` shape, never a secret."""
+        upcoming = selection.choose(Strategy.FILL_FIRST, self.accounts, now, self.rng)
+        return [status_row(a, now, a is upcoming) for a in self.accounts]
+
+
+def _window(report: WindowReport, now: float) -> Window:
+    return Window(
+        used_percent=report.used_percent,
+        window_minutes=report.window_minutes,
+        reset_at=report.reset_at,
+        observed_at=now,
+    )
+
+
+def display_status(account: Account, now: float) -> str:
+    if account.status is not Status.ACTIVE:
+        return account.status.value
+    if selection.blocked_until(account, now) is not None:
+        return "rate_limited"
+    return "active"
+
+
+def status_row(account: Account, now: float, next_pick: bool = False) -> dict[str, Any]:
+    def pct(window: Window | None) -> float | None:
+        return window.used_percent if window else None
+
+    def reset(window: Window | None) -> int | None:
+        return window.reset_at if window and window.reset_at and window.reset_at > now else None
+
+    return {
+        "name": account.name,
+        "plan": account.plan.value,
+        "email": account.email,
+        "status": display_status(account, now),
+        "reason": selection.skip_reason(account, now) or "",
+        "primary_used_percent": pct(account.primary),
+        "primary_reset_at": reset(account.primary),
+        "secondary_used_percent": pct(account.secondary),
+        "secondary_reset_at": reset(account.secondary),
+        "blocked_until": selection.blocked_until(account, now),
+        "requests": account.requests,
+        "last_used_at": account.last_used_at,
+        "priority": account.priority,
+        "max_primary_percent": account.max_primary_percent,
+        "max_secondary_percent": account.max_secondary_percent,
+        "next": next_pick,
+    }

@@ -1,0 +1,139 @@
+"""The state model: what the TOML state file holds, validated with pydantic.
+
+Each group of fields that two writers (the proxy, the CLI, a second proxy) may change carries
+its own `*_at` timestamp, so a merge can keep the newer side of every group (see merge.py).
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+STATE_VERSION = 1
+
+
+def _finite(v: float) -> float:
+    if not math.isfinite(v):
+        raise ValueError("must be a finite number")
+    return v
+
+
+Percent = Annotated[float, Field(ge=0, le=100), AfterValidator(_finite)]
+Epoch = Annotated[int, Field(ge=0, lt=2**40)]
+Stamp = Annotated[float, Field(ge=0), AfterValidator(_finite)]
+
+
+class Plan(StrEnum):
+    FREE = "free"
+    PLUS = "plus"
+    TEAM = "team"
+    BUSINESS = "business"
+    EDU = "edu"
+    PROLITE = "prolite"
+    PRO = "pro"
+    ENTERPRISE = "enterprise"
+    UNKNOWN = "unknown"
+
+    @classmethod
+    def parse(cls, value: object) -> Plan:
+        try:
+            return cls(str(value).strip().lower())
+        except ValueError:
+            return cls.UNKNOWN
+
+
+class Status(StrEnum):
+    """What the operator or the credentials say; usage blocks are computed, not stored."""
+
+    ACTIVE = "active"
+    PAUSED = "paused"
+    REAUTH_REQUIRED = "reauth_required"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class Window(_Model):
+    """One usage window as last reported by the upstream. Immutable: replaced whole."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    used_percent: Percent
+    window_minutes: int | None = Field(default=None, ge=1, le=10**6)
+    reset_at: Epoch | None = None
+    observed_at: Stamp = 0.0
+
+
+class Block(_Model):
+    """The upstream refused this account until `until` (a 429 or a quota error)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    until: Epoch
+    reason: str = Field(max_length=200)
+    observed_at: Stamp = 0.0
+
+
+class Credentials(_Model):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    access_token: str = Field(min_length=1)
+    refresh_token: str = ""
+    id_token: str = ""
+    account_id: str = ""
+    expires_at: Epoch | None = None
+    updated_at: Stamp = 0.0
+
+    def __repr__(self) -> str:  # never print a token, not even in a traceback
+        return f"Credentials(account_id={self.account_id!r}, updated_at={self.updated_at})"
+
+    __str__ = __repr__
+
+
+class Account(_Model):
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=64)
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@+-]*$")
+    plan: Plan = Plan.UNKNOWN
+    email: str = ""
+    credentials: Credentials
+
+    status: Status = Status.ACTIVE
+    status_reason: str = Field(default="", max_length=300)
+    status_at: Stamp = 0.0
+
+    priority: int = Field(default=0, ge=-1000, le=1000)
+    max_primary_percent: Percent = 100.0
+    max_secondary_percent: Percent = 100.0
+    settings_at: Stamp = 0.0
+
+    primary: Window | None = None
+    secondary: Window | None = None
+    block: Block | None = None
+
+    requests: int = Field(default=0, ge=0)
+    last_used_at: Epoch | None = None
+    added_at: Stamp = 0.0
+
+
+class State(_Model):
+    version: int = Field(default=STATE_VERSION, ge=1, le=STATE_VERSION)
+    accounts: list[Account] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> State:
+        for field in ("name", "id"):
+            seen: set[str] = set()
+            for account in self.accounts:
+                value = getattr(account, field)
+                if value in seen:
+                    raise ValueError(f"two accounts share the {field} {value!r}")
+                seen.add(value)
+        return self
+
+    def by_name(self, name: str) -> Account | None:
+        return next((a for a in self.accounts if a.name == name), None)

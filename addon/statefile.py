@@ -1,0 +1,233 @@
+"""The one place that reads and writes the state file.
+
+Writes are atomic (a 0600 temp file beside the target, fsync, rename, fsync of the directory)
+and happen under an exclusive lock on `<file>.lock`, so the proxy, a second proxy and the CLI
+can share one file: each writer reads what is there, merges or edits, and writes back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import time
+import tomllib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydantic
+import tomli_w
+
+from addon.merge import merge
+from addon.state import State
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; atomic renames still keep the file whole
+    fcntl = None  # type: ignore[assignment]
+
+HEADER = (
+    "# quota-router state file. It holds live credentials: keep it private (mode 0600).\n"
+    "# The proxy rewrites this file; edit it only while the proxy is stopped, or use the CLI.\n"
+)
+LOCK_TIMEOUT = 15.0
+DEFAULT_NAME = "router-state.toml"
+DEFAULT_CONFDIR = "~/.mitmproxy"  # mitmproxy's own default confdir
+
+
+def default_path(confdir: str = DEFAULT_CONFDIR) -> Path:
+    return Path(confdir).expanduser() / DEFAULT_NAME
+
+
+class StateFileError(Exception):
+    """The state file cannot be used; the message names the file, where, and what is wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fingerprint:
+    inode: int
+    size: int
+    mtime_ns: int
+
+
+def fingerprint(path: Path) -> Fingerprint | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return Fingerprint(st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _line_of_account(text: str, index: int) -> int | None:
+    starts = [m.start() for m in re.finditer(r"(?m)^\s*\[\[\s*accounts\s*\]\]", text)]
+    if index < len(starts):
+        return text.count("\n", 0, starts[index]) + 1
+    return None
+
+
+def _describe(error: pydantic.ValidationError, data: object, text: str) -> str:
+    problems = []
+    for item in error.errors()[:3]:
+        loc = item["loc"]
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+        if len(loc) >= 2 and loc[0] == "accounts" and isinstance(loc[1], int):
+            line = _line_of_account(text, loc[1])
+            accounts = data.get("accounts") if isinstance(data, dict) else None
+            account = accounts[loc[1]] if isinstance(accounts, list) else None
+            name = account.get("name") if isinstance(account, dict) else None
+            if name:
+                where += f" (account {name!r})"
+            if line:
+                where += f" (in the table at line {line})"
+        problems.append(f"{where or 'file'}: {item['msg']}")
+    more = len(error.errors()) - len(problems)
+    return "; ".join(problems) + (f"; and {more} more problem(s)" if more > 0 else "")
+
+
+def parse(text: str, path: Path) -> State:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise StateFileError(f"{path}: not valid TOML: {e}") from None
+    try:
+        return State.model_validate(data)
+    except pydantic.ValidationError as e:
+        raise StateFileError(f"{path}: invalid state: {_describe(e, data, text)}") from None
+
+
+def dumps(state: State) -> str:
+    return HEADER + tomli_w.dumps(state.model_dump(mode="json", exclude_none=True))
+
+
+class StateFile:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lock_path = path.with_name(path.name + ".lock")
+        # What this process last read or wrote, to skip re-reading an unchanged file.
+        self._known: tuple[Fingerprint, State] | None = None
+
+    # -- reading ---------------------------------------------------------------------------
+    def read(self) -> State | None:
+        """The state on disk, or None when there is no file. Raises StateFileError."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise StateFileError(f"{self.path}: cannot read: {e.strerror}") from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise StateFileError(f"{self.path}: not UTF-8 text (byte {e.start})") from None
+        return parse(text, self.path)
+
+    def load(self) -> State:
+        """The state on disk (empty when missing), remembered as this process's known state."""
+        with self.locked():
+            before = fingerprint(self.path)
+            state = self.read() or State()
+            if before is not None:
+                self._known = (before, state)
+            return state
+
+    def changed_since_known(self) -> bool:
+        current = fingerprint(self.path)
+        known = self._known[0] if self._known else None
+        return current != known
+
+    def is_loose(self) -> bool:
+        """True when group or others may read the file (it holds credentials)."""
+        try:
+            return bool(self.path.stat().st_mode & 0o077)
+        except OSError:
+            return False
+
+    # -- writing ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        if fcntl is None:
+            yield
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            deadline = time.monotonic() + LOCK_TIMEOUT
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise StateFileError(
+                            f"{self.path}: another process has held its lock for "
+                            f"{LOCK_TIMEOUT:.0f} s ({self.lock_path})"
+                        ) from None
+                    time.sleep(0.01)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def _write(self, state: State) -> None:
+        data = dumps(state).encode()
+        directory = self.path.parent
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = directory / f".{self.path.name}.{os.getpid()}.{hashlib.md5(data).hexdigest()[:8]}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # the umask may have narrowed it, never widened: be sure
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        os.close(fd)
+        try:
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        with contextlib.suppress(OSError):
+            dir_fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        current = fingerprint(self.path)
+        if current is not None:
+            self._known = (current, state)
+
+    def edit(self, change: Callable[[State], None]) -> State:
+        """Read, change and write the file under the lock (the CLI's way). Missing -> created."""
+        with self.locked():
+            state = self.read() or State()
+            change(state)
+            state = State.model_validate(state.model_dump())
+            self._write(state)
+            return state
+
+    def sync(self, mine: State, unsaved_requests: Mapping[str, int]) -> tuple[State, bool]:
+        """Merge this process's state with the file's and write the result (the proxy's way).
+
+        Returns the merged state and whether the file held changes from another writer, in which
+        case the caller adopts the merged state. Raises StateFileError when the file on disk is
+        invalid (it is then left alone) and OSError when it cannot be written.
+        """
+        with self.locked():
+            current = fingerprint(self.path)
+            if self._known is not None and current == self._known[0]:
+                theirs, external = self._known[1], False
+            else:
+                theirs, external = (self.read() or State()), True
+                if current is None and self._known is not None:
+                    external = False  # deleted under us: write ours back
+                    theirs = self._known[1]
+            merged = merge(mine, theirs, unsaved_requests)
+            self._write(merged)
+            return merged, external
