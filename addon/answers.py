@@ -33,3 +33,30 @@ def usage_limit(resets_at: int, now: float, plan: str | None) -> Refusal:
 def unavailable(code: str, message: str) -> Refusal:
     body = {"error": {"type": "no_account_available", "code": code, "message": message}}
     return Refusal(503, body, message)
+
+
+def conversation_stuck(account: str, why: str) -> Refusal:
+    """A request bound to one account's state (previous response, encrypted reasoning) while
+    that account cannot serve: sending it elsewhere would fail upstream anyway."""
+    message = (
+        f"quota-router: this conversation belongs to account {account!r}, which cannot serve "
+        f"now ({why}); start a new conversation to continue on another account."
+    )
+    body = {
+        "error": {"type": "invalid_request_error", "code": "conversation_bound", "message": message}
+    }
+    return Refusal(409, body, message)
+
+
+def reconnect_frame(account: str) -> dict[str, object]:
+    """A WebSocket error frame that Codex treats as transient: it reconnects and resends the
+    turn, and the new connection is routed to another account."""
+    return {
+        "type": "error",
+        "status_code": 503,
+        "error": {
+            "type": "server_error",
+            "code": "account_switch",
+            "message": f"quota-router: {account} reached its usage limit; switching accounts",
+        },
+    }

@@ -9,13 +9,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from addon.state import Account, Block, State, Window
+from addon.state import Account, Backoff, Block, Conversation, State, Window
+
+# The most conversations kept in the file; the in-memory table has its own bound.
+MAX_CONVERSATIONS = 20_000
 
 
 def _newer_window(mine: Window | None, theirs: Window | None) -> Window | None:
     if mine is None or theirs is None:
         return mine or theirs
     return mine if mine.observed_at > theirs.observed_at else theirs
+
+
+def _newer_backoff(mine: Backoff | None, theirs: Backoff | None) -> Backoff | None:
+    if mine is None or theirs is None:
+        return mine or theirs
+    return mine if mine.observed_at >= theirs.observed_at else theirs
 
 
 def _live_block(mine: Account, theirs: Account, windows: list[Window | None]) -> Block | None:
@@ -46,13 +55,37 @@ def merge_account(mine: Account, theirs: Account, unsaved_requests: int) -> Acco
     merged.primary = _newer_window(mine.primary, theirs.primary)
     merged.secondary = _newer_window(mine.secondary, theirs.secondary)
     merged.block = _live_block(mine, theirs, [merged.primary, merged.secondary])
+    # A backoff is short-lived; whichever side saw the latest error decides.
+    merged.backoff = _newer_backoff(mine.backoff, theirs.backoff)
     merged.requests = theirs.requests + unsaved_requests
     used = [t for t in (mine.last_used_at, theirs.last_used_at) if t is not None]
     merged.last_used_at = max(used) if used else None
     return merged
 
 
-def merge(mine: State, theirs: State, unsaved_requests: Mapping[str, int]) -> State:
+def merge_conversations(
+    mine: Mapping[str, tuple[str, float]], theirs: list[Conversation], accounts: set[str]
+) -> list[Conversation]:
+    """Union of both tables; the newer sighting wins; only accounts that still exist."""
+    table = {c.key: (c.account_id, c.seen_at) for c in theirs}
+    for key, (account_id, seen_at) in mine.items():
+        if key not in table or table[key][1] < seen_at:
+            table[key] = (account_id, seen_at)
+    newest = sorted(table.items(), key=lambda item: item[1][1])[-MAX_CONVERSATIONS:]
+    return [
+        Conversation(key=key, account_id=account_id, seen_at=seen_at)
+        for key, (account_id, seen_at) in newest
+        if account_id in accounts
+    ]
+
+
+def merge(
+    mine: State,
+    theirs: State,
+    unsaved_requests: Mapping[str, int],
+    conversations: Mapping[str, tuple[str, float]] | None = None,
+) -> State:
+    """`conversations` is this process's affinity table; None keeps the file's as it is."""
     own = {a.id: a for a in list(mine.accounts)}
     accounts = [
         merge_account(own[a.id], a, unsaved_requests.get(a.id, 0))
@@ -60,4 +93,6 @@ def merge(mine: State, theirs: State, unsaved_requests: Mapping[str, int]) -> St
         else a.model_copy()
         for a in theirs.accounts
     ]
-    return State(version=theirs.version, accounts=accounts)
+    ids = {a.id for a in accounts}
+    kept = merge_conversations(conversations or {}, theirs.conversations, ids)
+    return State(version=theirs.version, accounts=accounts, conversations=kept)

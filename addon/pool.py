@@ -1,21 +1,31 @@
 """The pool in memory: choosing an account, learning usage, operator changes, status rows.
 
-The pool never touches the disk; persistence.py saves and reloads it.
+The pool never touches the disk; saver.py and statefile.py persist it.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
 from addon import answers, selection
+from addon.affinity import Affinity
 from addon.merge import merge
 from addon.selection import Strategy
-from addon.state import Account, Block, State, Status, Window
+from addon.state import Account, Backoff, Block, State, Status, Window
 from addon.usage import LimitHit, UsageReport, WindowReport
+
+logger = logging.getLogger(__name__)
+
+# Growing backoff after upstream errors without a reset time: 2 s, 4 s, ... at most 5 min.
+BACKOFF_FIRST = 2.0
+BACKOFF_MAX = 300.0
+DEFAULT_PROBE_INTERVAL = 60.0
 
 
 class PoolError(Exception):
@@ -26,6 +36,7 @@ class PoolError(Exception):
 class Choice:
     account: Account
     strategy: Strategy
+    reason: str = ""  # "affinity", "probe", "moved from X: why", or "" for a fresh pick
 
 
 class Pool:
@@ -36,6 +47,10 @@ class Pool:
         # count instead of overwriting it, so two writers never lose each other's counts.
         self.unsaved_requests: Counter[str] = Counter()
         self.changes = 0  # bumped on every change; the saver compares it
+        self.affinity = Affinity()
+        self.affinity.load(self.state.conversations, time.time())
+        self.probe_interval = DEFAULT_PROBE_INTERVAL
+        self.last_probe = 0.0
         self._index = {a.id: a for a in self.accounts}
 
     # -- reading --------------------------------------------------------------------------
@@ -50,11 +65,69 @@ class Pool:
             raise PoolError(f"no account named {name!r} (known: {known})")
         return account
 
-    def choose(self, strategy: Strategy, now: float) -> Choice | answers.Refusal:
-        account = selection.choose(strategy, self.accounts, now, self.rng)
-        if account is not None:
-            return Choice(account, strategy)
-        return self.refusal(now)
+    def by_id(self, account_id: str) -> Account | None:
+        return self._index.get(account_id)
+
+    @property
+    def version(self) -> int:
+        """Changes worth saving: the pool's and the affinity table's."""
+        return self.changes + self.affinity.changes
+
+    # -- choosing -------------------------------------------------------------------------
+    def choose(
+        self,
+        strategy: Strategy,
+        now: float,
+        conversation: str | None = None,
+        exclude: Collection[str] = (),
+    ) -> Choice | answers.Refusal:
+        reason = ""
+        if conversation is not None:
+            owner = self.by_id(self.affinity.get(conversation, now) or "")
+            if owner is not None:
+                why = selection.skip_reason(owner, now)
+                if why is None and owner.id not in exclude:
+                    self.affinity.set(conversation, owner.id, now)
+                    return Choice(owner, strategy, "affinity")
+                reason = f"moved from {owner.name}: {why or 'failed over'}"
+        account = selection.choose(strategy, self.accounts, now, self.rng, exclude)
+        if account is None:
+            account = self._probe(now, exclude)
+            if account is None:
+                return self.refusal(now)
+            reason = "probe"
+        if conversation is not None:
+            self.affinity.set(conversation, account.id, now)
+        return Choice(account, strategy, reason)
+
+    def owner(self, conversation: str | None, now: float) -> Account | None:
+        """The account that holds this conversation, if any."""
+        if conversation is None:
+            return None
+        return self.by_id(self.affinity.get(conversation, now) or "")
+
+    def _probe(self, now: float, exclude: Collection[str]) -> Account | None:
+        """With the whole pool blocked, let one request through now and then to the account
+        most likely to have recovered, so an early upstream reset is noticed (no stale blocks).
+        """
+        if now - self.last_probe < self.probe_interval:
+            return None
+        limited = [
+            (until, a.name, a)
+            for a in self.accounts
+            if a.status is Status.ACTIVE
+            and a.id not in exclude
+            and (until := selection.blocked_until(a, now)) is not None
+        ]
+        if not limited:
+            return None
+        self.last_probe = now
+        return min(limited, key=lambda item: (item[0], item[1]))[2]
+
+    def refusal_for(self, account: Account, now: float) -> answers.Refusal | None:
+        """The usage-limit answer for one account, when it is limited."""
+        until = selection.blocked_until(account, now)
+        return answers.usage_limit(until, now, account.plan.value) if until else None
 
     def refusal(self, now: float) -> answers.Refusal:
         """Why nothing can serve: limits first (Codex shows the reset time), then the rest."""
@@ -66,6 +139,17 @@ class Pool:
         if limited:
             until, account = min(limited, key=lambda pair: pair[0])
             return answers.usage_limit(until, now, account.plan.value)
+        backing_off = [
+            a.backoff.until
+            for a in self.accounts
+            if a.status is Status.ACTIVE and a.backoff and a.backoff.until > now
+        ]
+        if backing_off:
+            return answers.unavailable(
+                "upstream_errors",
+                "quota-router: every usable account failed upstream just now; retrying in "
+                f"{max(1, round(min(backing_off) - now))} s",
+            )
         if all(a.status is Status.PAUSED for a in self.accounts):
             return answers.unavailable(
                 "all_accounts_paused",
@@ -75,7 +159,7 @@ class Pool:
         return answers.unavailable(
             "all_accounts_need_login",
             "quota-router: no pooled account can be used: each one is paused or needs a new "
-            "login (`python -m addon import AUTH_JSON --name NAME`).",
+            "login (`python -m addon import AUTH_JSON --name NAME --replace`).",
         )
 
     # -- learning from the upstream -------------------------------------------------------
@@ -94,6 +178,7 @@ class Pool:
         # reset credit was used): no stale blocks.
         reported = [w for w in (report.primary, report.secondary) if w is not None]
         if account.block and all(w.used_percent < 100 for w in reported):
+            logger.info("quota-router: %s has headroom again; block lifted", account.name)
             account.block = None
         self.changes += 1
 
@@ -101,6 +186,27 @@ class Pool:
         if hit.usage:
             self.record_usage(account, hit.usage, now)
         account.block = Block(until=hit.resets_at, reason=hit.kind[:200], observed_at=now)
+        self.changes += 1
+
+    def record_error(self, account: Account, now: float) -> float:
+        """An upstream error without a reset time: back off, longer each time. Returns until."""
+        errors = account.backoff.errors + 1 if account.backoff else 1
+        delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (errors - 1))
+        account.backoff = Backoff(errors=errors, until=now + delay, observed_at=now)
+        self.changes += 1
+        return now + delay
+
+    def record_success(self, account: Account) -> None:
+        if account.backoff is not None:
+            account.backoff = None
+            self.changes += 1
+
+    def set_credentials(self, account: Account, refreshed: Any) -> None:
+        account.credentials = refreshed.credentials
+        if refreshed.plan is not None:
+            account.plan = refreshed.plan
+        if refreshed.email:
+            account.email = refreshed.email
         self.changes += 1
 
     # -- operator changes -----------------------------------------------------------------
@@ -116,7 +222,9 @@ class Pool:
         return self.set_status(name, Status.ACTIVE)
 
     def set_status(self, name: str, status: Status, reason: str = "") -> Account:
-        account = self.get(name)
+        return self.mark(self.get(name), status, reason)
+
+    def mark(self, account: Account, status: Status, reason: str = "") -> Account:
         account.status = status
         account.status_reason = reason[:300]
         account.status_at = time.time()
@@ -126,14 +234,12 @@ class Pool:
     def adopt(self, theirs: State) -> None:
         """Take in what another writer (the CLI, a second proxy) put in the file."""
         # No change count here: the file already holds what this process had when it saved.
-        self.state = merge(self.state, theirs, self.unsaved_requests)
+        self.state = merge(self.state, theirs, self.unsaved_requests, self.affinity.table)
         self._index = {a.id: a for a in self.accounts}
-
-    def by_id(self, account_id: str) -> Account | None:
-        return self._index.get(account_id)
+        self.affinity.load(self.state.conversations, time.time())
 
     # -- showing --------------------------------------------------------------------------
-    def rows(self, now: float, strategy: Strategy = Strategy.FILL_FIRST) -> list[dict[str, Any]]:
+    def rows(self, now: float) -> list[dict[str, Any]]:
         """One dict per account: the `status --json` shape, never a secret."""
         upcoming = selection.choose(Strategy.FILL_FIRST, self.accounts, now, self.rng)
         return [status_row(a, now, a is upcoming) for a in self.accounts]
@@ -153,6 +259,8 @@ def display_status(account: Account, now: float) -> str:
         return account.status.value
     if selection.blocked_until(account, now) is not None:
         return "rate_limited"
+    if account.backoff is not None and account.backoff.until > now:
+        return "backoff"
     return "active"
 
 

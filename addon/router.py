@@ -7,10 +7,12 @@ live in the core modules.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 # mitmproxy runs this file as a script with only addon/ on sys.path: make `addon.*` importable.
 _ROOT = str(Path(__file__).resolve().parent.parent)
@@ -18,29 +20,49 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from mitmproxy import command, ctx, exceptions, http  # noqa: E402
+from mitmproxy.addons.clientplayback import ReplayHandler  # noqa: E402
 
-from addon import answers, routing, usage  # noqa: E402
+from addon import answers, placeholder, routing, usage  # noqa: E402
+from addon.affinity import conversation_key  # noqa: E402
 from addon.pool import Choice, Pool, PoolError  # noqa: E402
+from addon.refresh import (  # noqa: E402
+    DEFAULT_TOKEN_URL,
+    Refreshed,
+    Refresher,
+    RefreshFailed,
+    needs_refresh,
+    post_refresh,
+)
 from addon.report import table  # noqa: E402
 from addon.saver import Saver  # noqa: E402
-from addon.selection import Strategy  # noqa: E402
+from addon.selection import Strategy, skip_reason  # noqa: E402
 from addon.sse import SSETap  # noqa: E402
-from addon.state import Account  # noqa: E402
+from addon.state import Account, Credentials, Status  # noqa: E402
 from addon.statefile import DEFAULT_NAME, StateFile, StateFileError  # noqa: E402
 from addon.tokens import mask  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-META = "quota_router"  # flow.metadata key: account id/name and the client's own account id
+META = "quota_router"  # flow.metadata: which account serves the flow (ids and names only)
+RETRY = "quota_router_retry"  # flow.metadata on a failover copy: the account it is pinned to
+MAX_ATTEMPTS = 3  # tries per request, the first included (fewer when the pool is smaller)
+AUTH_HOST = "auth.openai.com"
+TOKEN_PATH = "/oauth/token"
 
 
-def comment(account: Account, strategy: Strategy) -> str:
+def comment(account: Account, strategy: Strategy, note: str = "") -> str:
     parts = [account.name, strategy.value]
     if account.primary:
         parts.append(f"5h {account.primary.used_percent:.0f}%")
     if account.secondary:
         parts.append(f"wk {account.secondary.used_percent:.0f}%")
+    if note:
+        parts.append(note)
     return " · ".join(parts)
+
+
+def json_response(status: int, body: dict[str, Any]) -> http.Response:
+    return http.Response.make(status, json.dumps(body), {"content-type": "application/json"})
 
 
 class Router:
@@ -49,7 +71,10 @@ class Router:
         self.strategy = Strategy.FILL_FIRST
         self.file: StateFile | None = None
         self.saver: Saver | None = None
+        self.refresher = Refresher(self._refresh)
         self._task: asyncio.Task[None] | None = None
+        # The client's request as it arrived, per in-flight routed flow, for failover.
+        self._pristine: dict[str, http.Request] = {}
 
     # -- options ---------------------------------------------------------------------------
     def load(self, loader):  # type: ignore[no-untyped-def]
@@ -65,6 +90,18 @@ class Router:
             Strategy.FILL_FIRST.value,
             "How quota-router picks an account: fill_first or capacity_weighted.",
         )
+        loader.add_option(
+            "router_token_url",
+            str,
+            DEFAULT_TOKEN_URL,
+            "Where quota-router refreshes pooled accounts' tokens.",
+        )
+        loader.add_option(
+            "router_probe_interval",
+            float,
+            60.0,
+            "Seconds between probe requests while every account is rate limited.",
+        )
 
     def configure(self, updated: set[str]) -> None:
         if "router_strategy" in updated:
@@ -76,8 +113,20 @@ class Router:
                     f"router_strategy: unknown strategy {ctx.options.router_strategy!r} "
                     f"(choose one of: {choices})"
                 ) from None
+        if "router_token_url" in updated and not ctx.options.router_token_url.startswith(
+            ("https://", "http://")
+        ):
+            raise exceptions.OptionsError(
+                f"router_token_url: {ctx.options.router_token_url!r} is not an http(s) URL"
+            )
+        if "router_probe_interval" in updated and not ctx.options.router_probe_interval >= 1:
+            raise exceptions.OptionsError(
+                "router_probe_interval: must be at least 1 second, "
+                f"not {ctx.options.router_probe_interval}"
+            )
         if "router_state" in updated or "confdir" in updated:
             self._open(self._state_path())
+        self.pool.probe_interval = ctx.options.router_probe_interval
 
     def _state_path(self) -> Path:
         if ctx.options.router_state:
@@ -139,40 +188,106 @@ class Router:
         return routing.is_routed(req.scheme, req.host, req.port, req.path, req.headers)
 
     async def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response is not None or not self.pool.accounts or not self._is_routed(flow):
+        if flow.response is not None:
+            return
+        if self._is_placeholder_refresh(flow):
+            return
+        if not self.pool.accounts or not self._is_routed(flow):
             return
         try:
-            self._route(flow)
+            await self._route(flow)
         except Exception:
             # Never let the client's own credentials through by accident.
             logger.exception("quota-router: internal error while routing %s", flow.request.path)
             self._answer(flow, answers.unavailable("internal_error", "quota-router failed"))
 
-    def _route(self, flow: http.HTTPFlow) -> None:
-        now = time.time()
-        decision = self.pool.choose(self.strategy, now)
-        if not isinstance(decision, Choice):
-            self._answer(flow, decision)
+    def _is_placeholder_refresh(self, flow: http.HTTPFlow) -> bool:
+        """A client refreshing its placeholder login gets a new placeholder from us."""
+        req = flow.request
+        if req.pretty_host != AUTH_HOST or req.path.split("?", 1)[0] != TOKEN_PATH:
+            return False
+        body = usage.loads(req.get_content(strict=False) or b"")
+        if not isinstance(body, dict) or not placeholder.is_placeholder(body.get("refresh_token")):
+            return False
+        flow.response = json_response(200, placeholder.refresh_reply(body))
+        flow.marked = ":key:"
+        flow.comment = "quota-router renewed the client's placeholder login"
+        logger.info("quota-router: renewed a client's placeholder login locally")
+        return True
+
+    async def _route(self, flow: http.HTTPFlow) -> None:
+        req, now = flow.request, time.time()
+        is_websocket = req.headers.get("upgrade", "").lower() == "websocket"
+        body = b"" if is_websocket else (req.get_content(strict=False) or b"")
+        conversation = conversation_key(req.headers, routing.prompt_cache_key(body))
+        pinned = flow.metadata.get(RETRY)
+
+        for _ in range(len(self.pool.accounts) + 1):
+            if isinstance(pinned, dict):
+                account = self.pool.by_id(pinned["account_id"])
+                if account is None:
+                    self._answer(flow, answers.unavailable("account_gone", "account removed"))
+                    return
+                choice = Choice(account, self.strategy, pinned.get("note", "failover"))
+            else:
+                refusal = self._bound_elsewhere(body, conversation, now)
+                if refusal is not None:
+                    self._answer(flow, refusal)
+                    return
+                decision = self.pool.choose(self.strategy, now, conversation)
+                if not isinstance(decision, Choice):
+                    self._answer(flow, decision)
+                    return
+                choice = decision
+            if await self._fresh(choice.account):
+                break
+            if pinned:
+                self._answer(flow, answers.unavailable("refresh_failed", "token refresh failed"))
+                return
+        else:
+            self._answer(flow, self.pool.refusal(now))
             return
-        account = decision.account
-        headers = flow.request.headers
+
+        account = choice.account
+        if not pinned and not is_websocket:
+            self._pristine[flow.id] = req.copy()
         flow.metadata[META] = {
             "account_id": account.id,
             "account": account.name,
-            "client_account_id": headers.get("chatgpt-account-id", ""),
+            "client_account_id": req.headers.get("chatgpt-account-id", ""),
+            "credentials_at": account.credentials.updated_at,
+            "conversation": conversation or "",
         }
-        headers["authorization"] = f"Bearer {account.credentials.access_token}"
-        if account.credentials.account_id:
-            headers["chatgpt-account-id"] = account.credentials.account_id
+        self._apply(flow, account.credentials)
         self.pool.record_route(account, now)
-        flow.comment = comment(account, decision.strategy)
+        if choice.reason.startswith("moved"):
+            logger.warning("quota-router: conversation %s", choice.reason)
+        flow.comment = comment(account, choice.strategy, choice.reason)
         logger.info(
             "quota-router: %s %s -> %s (%s)",
-            flow.request.method,
-            flow.request.path.split("?", 1)[0],
+            req.method,
+            req.path.split("?", 1)[0],
             account.name,
             flow.comment,
         )
+
+    def _bound_elsewhere(
+        self, body: bytes, conversation: str | None, now: float
+    ) -> answers.Refusal | None:
+        """A request that refers to another account's state cannot move: say so clearly."""
+        owner = self.pool.owner(conversation, now)
+        if owner is None or not routing.has_account_bound_refs(body):
+            return None
+        why = skip_reason(owner, now)
+        if why is None:
+            return None
+        refusal = self.pool.refusal_for(owner, now)
+        return refusal or answers.conversation_stuck(owner.name, why)
+
+    def _apply(self, flow: http.HTTPFlow, credentials: Credentials) -> None:
+        flow.request.headers["authorization"] = f"Bearer {credentials.access_token}"
+        if credentials.account_id:
+            flow.request.headers["chatgpt-account-id"] = credentials.account_id
 
     def _answer(self, flow: http.HTTPFlow, refusal: answers.Refusal) -> None:
         flow.response = http.Response.make(
@@ -186,6 +301,45 @@ class Router:
             flow.request.path.split("?", 1)[0],
             refusal.reason,
         )
+
+    # -- token refresh ---------------------------------------------------------------------
+    async def _fresh(self, account: Account, force: bool = False) -> bool:
+        """Make sure the account's access token is usable; False when it cannot be."""
+        now = time.time()
+        if not force and not needs_refresh(account.credentials, now):
+            return True
+        result = await self.refresher.refresh(account.id, account.credentials)
+        if isinstance(result, Refreshed):
+            return True
+        if result.permanent:
+            self.pool.mark(account, Status.REAUTH_REQUIRED, result.reason)
+            logger.error("quota-router: %s needs a new login (%s)", account.name, result.reason)
+            return False
+        logger.warning("quota-router: %s: %s", account.name, result.reason)
+        expires = account.credentials.expires_at
+        if not force and expires is not None and expires > now + 5:
+            return True  # the old token still works for a little while
+        self.pool.record_error(account, now)
+        return False
+
+    async def _refresh(
+        self, account_id: str, credentials: Credentials
+    ) -> Refreshed | RefreshFailed:
+        verify = not ctx.options.ssl_insecure
+        url = ctx.options.router_token_url
+        result = await asyncio.to_thread(post_refresh, url, credentials, verify)
+        account = self.pool.by_id(account_id)
+        if isinstance(result, Refreshed) and account is not None:
+            self.pool.set_credentials(account, result)
+            # The old refresh token died the moment this one was issued: persist first.
+            if self.saver is None or not await self.saver.save():
+                logger.error(
+                    "quota-router: new tokens for %s are held in memory only until the state "
+                    "file can be written",
+                    account.name,
+                )
+            logger.info("quota-router: refreshed the tokens of %s", account.name)
+        return result
 
     # -- responses -------------------------------------------------------------------------
     def _account(self, flow: http.HTTPFlow) -> Account | None:
@@ -201,9 +355,12 @@ class Router:
         report = usage.from_headers(flow.response.headers, now)
         if report is not None:
             self.pool.record_usage(account, report, now)
-            flow.comment = comment(account, self.strategy)
         content_type = flow.response.headers.get("content-type", "")
-        if flow.response.status_code == 200 and content_type.startswith("text/event-stream"):
+        if (
+            flow.response.status_code == 200
+            and content_type.startswith("text/event-stream")
+            and RETRY not in flow.metadata  # a failover copy is handed over whole
+        ):
             flow.response.stream = SSETap(
                 lambda event: self._learn_event(account.id, event),
                 flow.response.headers.get("content-encoding", ""),
@@ -216,38 +373,145 @@ class Router:
         if account is not None and report is not None:
             self.pool.record_usage(account, report, now)
 
-    def response(self, flow: http.HTTPFlow) -> None:
+    async def response(self, flow: http.HTTPFlow) -> None:
         assert flow.response is not None
         account = self._account(flow)
         if account is None:
             return
+        pristine = self._pristine.pop(flow.id, None)
+        try:
+            self._learn(flow, account)
+            reason = routing.retry_reason(flow.response.status_code, flow.response.content)
+            if reason is not None and pristine is not None:
+                await self._failover(flow, account, pristine, reason)
+            elif (
+                flow.response.status_code == 200
+                and routing.is_accounts_check(flow.request.path)
+                and flow.response.content
+            ):
+                info = flow.metadata[META]
+                mapped = routing.map_account_ids(
+                    flow.response.content,
+                    account.credentials.account_id,
+                    info["client_account_id"],
+                )
+                if mapped is not None:
+                    flow.response.content = mapped
+        finally:
+            self._mask(flow)
+
+    def _learn(self, flow: http.HTTPFlow, account: Account) -> None:
+        """Record what this answer says about the account."""
+        assert flow.response is not None
         response, now = flow.response, time.time()
-        if response.status_code in (429, 403) and response.content is not None:
+        status = response.status_code
+        if status == 429 or (status in (402, 403) and response.content):
+            content = response.content or b""
             hit = (
-                usage.from_status_429(response.content, now)
-                if response.status_code == 429
-                else usage.from_error_body(response.content, now)
+                usage.from_status_429(content, now)
+                if status == 429
+                else usage.from_error_body(content, now)
             )
             if hit is not None:
                 self.pool.record_limit(account, hit, now)
                 logger.warning(
-                    "quota-router: %s is limited (%s) until %d",
+                    "quota-router: %s is limited (%s) until %s",
                     account.name,
                     hit.kind,
-                    hit.resets_at,
+                    time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(hit.resets_at)),
                 )
-        elif response.status_code == 200 and routing.is_accounts_check(flow.request.path):
-            info = flow.metadata[META]
-            mapped = routing.map_account_ids(
-                response.content or b"", account.credentials.account_id, info["client_account_id"]
+        elif status >= 500:
+            until = self.pool.record_error(account, now)
+            logger.warning(
+                "quota-router: %s got %d upstream; backing off for %.0f s",
+                account.name,
+                status,
+                until - now,
             )
-            if mapped is not None:
-                response.content = mapped
-        self._mask(flow)
+        elif status < 400:
+            self.pool.record_success(account)
+            if (
+                RETRY in flow.metadata
+                and response.content
+                and b"codex.rate_limits" in (response.content)
+            ):
+                tap = SSETap(lambda event: self._learn_event(account.id, event))
+                tap.feed(response.content)
+                tap.feed(b"\n\n")
+
+    async def _failover(
+        self, flow: http.HTTPFlow, first: Account, pristine: http.Request, reason: str
+    ) -> None:
+        """Send the same request again, on another account (or, after a 401, the same one
+        with fresh tokens), before any byte of the failed answer reached the client."""
+        if RETRY in flow.metadata:
+            return
+        info = flow.metadata[META]
+        body = pristine.get_content(strict=False) or b""
+        movable = not routing.has_account_bound_refs(body)
+        tried = [first.id]
+        account: Account | None = first
+        attempts = min(MAX_ATTEMPTS, len(self.pool.accounts) + 1)
+        refreshed = False
+        for _ in range(attempts - 1):
+            now = time.time()
+            target: Account | None = None
+            if reason.startswith("401") and not refreshed and account is not None:
+                refreshed = True
+                if account.credentials.updated_at != info["credentials_at"] or await self._fresh(
+                    account, force=True
+                ):
+                    target = account
+            if target is None:
+                if not movable:
+                    return
+                decision = self.pool.choose(
+                    self.strategy, now, info["conversation"] or None, exclude=tried
+                )
+                if not isinstance(decision, Choice):
+                    return
+                target = decision.account
+            note = f"failover {first.name} → {target.name} after {reason}"
+            copy = await self._replay(flow, pristine, target, note)
+            if copy.response is None:
+                self.pool.record_error(target, time.time())
+                reason = "connection failed"
+            else:
+                next_reason = routing.retry_reason(copy.response.status_code, copy.response.content)
+                if next_reason is None:
+                    flow.response = copy.response
+                    flow.marked = ":repeat:"
+                    flow.comment = comment(target, self.strategy, note)
+                    info.update(account_id=target.id, account=target.name)
+                    logger.warning("quota-router: %s", note)
+                    return
+                reason = next_reason
+                flow.response = copy.response  # the latest answer, if nothing better comes
+            tried.append(target.id)
+            account = target
+
+    async def _replay(
+        self, flow: http.HTTPFlow, pristine: http.Request, target: Account, note: str
+    ) -> http.HTTPFlow:
+        copy = flow.copy()
+        copy.request = pristine.copy()
+        copy.response = None
+        copy.error = None
+        copy.comment = note
+        copy.marked = ":repeat:"
+        copy.is_replay = "request"
+        copy.metadata = {RETRY: {"account_id": target.id, "note": note}}
+        await ReplayHandler(copy, ctx.options).replay()
+        return copy
 
     def error(self, flow: http.HTTPFlow) -> None:
+        self._pristine.pop(flow.id, None)
+        account = self._account(flow)
+        if account is not None and flow.response is None:
+            self.pool.record_error(account, time.time())
         self._mask(flow)
 
+    # -- WebSocket -------------------------------------------------------------------------
     def websocket_message(self, flow: http.HTTPFlow) -> None:
         assert flow.websocket is not None
         message = flow.websocket.messages[-1]
@@ -262,19 +526,36 @@ class Router:
             self.pool.record_usage(account, learnt, now)
         elif isinstance(learnt, usage.LimitHit):
             self.pool.record_limit(account, learnt, now)
-            logger.warning(
-                "quota-router: %s is limited (%s) until %d",
-                account.name,
-                learnt.kind,
-                learnt.resets_at,
-            )
+            logger.warning("quota-router: %s is limited (%s)", account.name, learnt.kind)
+            self._reconnect_elsewhere(flow, message, account, now)
+
+    def _reconnect_elsewhere(
+        self, flow: http.HTTPFlow, message: Any, account: Account, now: float
+    ) -> None:
+        """Turn a limit error into one Codex retries on a new connection, which is then
+        routed to another account: the user's turn survives. Without another eligible
+        account the limit error goes through, and Codex shows its usage-limit message."""
+        info = flow.metadata[META]
+        decision = self.pool.choose(
+            self.strategy, now, info["conversation"] or None, exclude=[account.id]
+        )
+        if not isinstance(decision, Choice):
+            return
+        message.content = json.dumps(answers.reconnect_frame(account.name)).encode()
+        flow.marked = ":repeat:"
+        flow.comment = comment(account, self.strategy, "limit reached: client sent elsewhere")
+        logger.warning(
+            "quota-router: %s hit its limit on a WebSocket; the client reconnects to %s",
+            account.name,
+            decision.account.name,
+        )
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         self._mask(flow)
 
     def _mask(self, flow: http.HTTPFlow) -> None:
         """Keep the pooled token out of flow files, HAR exports and mitmweb once it is sent."""
-        if META not in flow.metadata:
+        if META not in flow.metadata and RETRY not in flow.metadata:
             return
         value = flow.request.headers.get("authorization", "")
         if value.startswith("Bearer ") and "…" not in value:
@@ -286,7 +567,8 @@ class Router:
         """The pool: each account's state, windows, resets and requests."""
         text = table(self.pool.rows(time.time()))
         if self.saver is not None and self.saver.error:
-            text += f"\nSAVING FAILS since {time.ctime(self.saver.error_since)}: {self.saver.error}"
+            since = time.ctime(self.saver.error_since or time.time())
+            text += f"\nSAVING FAILS since {since}: {self.saver.error}"
         return text
 
     @command.command("router.pause")

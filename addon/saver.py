@@ -23,7 +23,7 @@ class Saver:
         self.pool = pool
         self.file = file
         self.interval = interval
-        self.saved_changes = pool.changes
+        self.saved_changes = pool.version
         self.error: str | None = None  # shown by `status` while saving fails
         self.error_since: float | None = None
         self._lock = asyncio.Lock()
@@ -38,16 +38,19 @@ class Saver:
 
     async def tick(self) -> None:
         external = await asyncio.to_thread(self.file.changed_since_known)
-        if external or self.pool.changes != self.saved_changes:
+        if external or self.pool.version != self.saved_changes:
             await self.save()
 
     async def save(self) -> bool:
         """Merge and write now. True when the file holds everything the pool had at the call."""
         async with self._lock:
-            changes = self.pool.changes
+            changes = self.pool.version
             unsaved = self._take_unsaved()
+            conversations = self.pool.affinity.table.copy()  # O(n) but a C-level copy
             try:
-                merged, external = await asyncio.to_thread(self.file.sync, self.pool.state, unsaved)
+                merged, external = await asyncio.to_thread(
+                    self.file.sync, self.pool.state, unsaved, conversations
+                )
             except (StateFileError, OSError) as e:
                 self.pool.unsaved_requests.update(unsaved)
                 self._failed(e)
@@ -59,12 +62,12 @@ class Saver:
 
     def flush(self) -> bool:
         """The final, blocking save at shutdown."""
-        if self.pool.changes == self.saved_changes and not self.file.changed_since_known():
+        if self.pool.version == self.saved_changes and not self.file.changed_since_known():
             return True
-        changes = self.pool.changes
+        changes = self.pool.version
         unsaved = self._take_unsaved()
         try:
-            self.file.sync(self.pool.state, unsaved)
+            self.file.sync(self.pool.state, unsaved, self.pool.affinity.table)
         except (StateFileError, OSError) as e:
             self.pool.unsaved_requests.update(unsaved)
             self._failed(e)

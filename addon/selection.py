@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from enum import StrEnum
 
 from addon.state import Account, Plan, Status
@@ -57,6 +57,8 @@ def skip_reason(account: Account, now: float) -> str | None:
         return "needs re-login" + (f": {account.status_reason}" if account.status_reason else "")
     if blocked_until(account, now) is not None:
         return "rate limited"
+    if account.backoff is not None and account.backoff.until > now:
+        return f"backing off after {account.backoff.errors} upstream error(s)"
     return None
 
 
@@ -67,9 +69,11 @@ def capped(account: Account) -> bool:
     )
 
 
-def candidates(accounts: Sequence[Account], now: float) -> list[Account]:
+def candidates(
+    accounts: Sequence[Account], now: float, exclude: Collection[str] = ()
+) -> list[Account]:
     """Eligible accounts in the best priority tier, preferring those under their caps."""
-    eligible = [a for a in accounts if skip_reason(a, now) is None]
+    eligible = [a for a in accounts if a.id not in exclude and skip_reason(a, now) is None]
     uncapped = [a for a in eligible if not capped(a)]
     pool = uncapped or eligible
     if not pool:
@@ -115,5 +119,6 @@ def choose(
     accounts: Sequence[Account],
     now: float,
     rng: random.Random | None = None,
+    exclude: Collection[str] = (),
 ) -> Account | None:
-    return pick(strategy, candidates(accounts, now), rng)
+    return pick(strategy, candidates(accounts, now, exclude), rng)

@@ -79,6 +79,26 @@ class Block(_Model):
     observed_at: Stamp = 0.0
 
 
+class Backoff(_Model):
+    """Upstream errors without a reset time (5xx, connection failures): wait a little."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    errors: int = Field(ge=1, le=10**6)
+    until: Stamp
+    observed_at: Stamp = 0.0
+
+
+class Conversation(_Model):
+    """Which account owns a conversation (key: a hash of its id, never the id itself)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str = Field(min_length=1, max_length=64)
+    account_id: str = Field(min_length=1, max_length=64)
+    seen_at: Stamp
+
+
 class Credentials(_Model):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -114,6 +134,7 @@ class Account(_Model):
     primary: Window | None = None
     secondary: Window | None = None
     block: Block | None = None
+    backoff: Backoff | None = None
 
     requests: int = Field(default=0, ge=0)
     last_used_at: Epoch | None = None
@@ -123,6 +144,7 @@ class Account(_Model):
 class State(_Model):
     version: int = Field(default=STATE_VERSION, ge=1, le=STATE_VERSION)
     accounts: list[Account] = Field(default_factory=list)
+    conversations: list[Conversation] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _unique(self) -> State:

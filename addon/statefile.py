@@ -129,7 +129,8 @@ class StateFile:
             before = fingerprint(self.path)
             state = self.read() or State()
             if before is not None:
-                self._known = (before, state)
+                # A copy: the caller mutates what it gets, the known state must not move.
+                self._known = (before, state.model_copy(deep=True))
             return state
 
     def changed_since_known(self) -> bool:
@@ -212,7 +213,12 @@ class StateFile:
             self._write(state)
             return state
 
-    def sync(self, mine: State, unsaved_requests: Mapping[str, int]) -> tuple[State, bool]:
+    def sync(
+        self,
+        mine: State,
+        unsaved_requests: Mapping[str, int],
+        conversations: Mapping[str, tuple[str, float]] | None = None,
+    ) -> tuple[State, bool]:
         """Merge this process's state with the file's and write the result (the proxy's way).
 
         Returns the merged state and whether the file held changes from another writer, in which
@@ -228,6 +234,6 @@ class StateFile:
                 if current is None and self._known is not None:
                     external = False  # deleted under us: write ours back
                     theirs = self._known[1]
-            merged = merge(mine, theirs, unsaved_requests)
+            merged = merge(mine, theirs, unsaved_requests, conversations)
             self._write(merged)
             return merged, external

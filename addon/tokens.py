@@ -18,7 +18,7 @@ def jwt_claims(token: str) -> dict[str, Any]:
     payload = parts[1] + "=" * (-len(parts[1]) % 4)
     try:
         claims = json.loads(base64.urlsafe_b64decode(payload))
-    except (binascii.Error, ValueError, UnicodeDecodeError):
+    except (binascii.Error, ValueError, RecursionError):  # RecursionError: absurdly nested
         return {}
     return claims if isinstance(claims, dict) else {}
 

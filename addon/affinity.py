@@ -1,0 +1,75 @@
+"""Conversation affinity: which account serves which conversation.
+
+A bounded LRU table with a TTL: O(1) per request, a fixed memory ceiling. Keys are hashes of
+the conversation ids, so the table (which is saved with the state) holds nothing readable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+
+from addon.state import Conversation
+
+CAPACITY = 20_000
+TTL_SECONDS = 12 * 3600
+
+# Header names Codex uses for the conversation (thread) id, newest first.
+CONVERSATION_HEADERS = ("session-id", "thread-id", "session_id", "conversation_id")
+TURN_STATE_HEADER = "x-codex-turn-state"
+
+
+def conversation_key(headers: Mapping[str, str], body_cache_key: str | None = None) -> str | None:
+    """A stable key for the conversation a request belongs to, or None."""
+    for name in CONVERSATION_HEADERS:
+        value = headers.get(name)
+        if value:
+            return _hash("c", value)
+    if body_cache_key:
+        return _hash("c", body_cache_key)
+    turn_state = headers.get(TURN_STATE_HEADER)
+    return _hash("t", turn_state) if turn_state else None
+
+
+def _hash(kind: str, value: str) -> str:
+    return hashlib.sha256(f"{kind}:{value}".encode()).hexdigest()[:32]
+
+
+class Affinity:
+    def __init__(self, capacity: int = CAPACITY, ttl: float = TTL_SECONDS) -> None:
+        self.capacity = capacity
+        self.ttl = ttl
+        self.table: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self.changes = 0
+
+    def get(self, key: str, now: float) -> str | None:
+        entry = self.table.get(key)
+        if entry is None:
+            return None
+        if now - entry[1] > self.ttl:
+            del self.table[key]
+            return None
+        return entry[0]
+
+    def set(self, key: str, account_id: str, now: float) -> None:
+        previous = self.table.get(key)
+        self.table[key] = (account_id, now)
+        self.table.move_to_end(key)
+        if len(self.table) > self.capacity:
+            self.table.popitem(last=False)
+        # Seen-time updates alone do not need a save every time; a new owner does.
+        if previous is None or previous[0] != account_id or now - previous[1] > 60:
+            self.changes += 1
+
+    def export(self) -> list[Conversation]:
+        return [Conversation(key=k, account_id=a, seen_at=t) for k, (a, t) in self.table.items()]
+
+    def load(self, conversations: Iterable[Conversation], now: float) -> None:
+        """Replace the table with saved entries (oldest first), dropping expired ones."""
+        fresh = sorted(
+            (c for c in conversations if now - c.seen_at <= self.ttl), key=lambda c: c.seen_at
+        )
+        self.table = OrderedDict((c.key, (c.account_id, c.seen_at)) for c in fresh)
+        while len(self.table) > self.capacity:
+            self.table.popitem(last=False)

@@ -1,0 +1,184 @@
+"""Refreshing a pooled account's tokens at the OAuth endpoint.
+
+Refresh tokens rotate and work once, so: at most one refresh per account at a time (callers
+that arrive meanwhile wait for the same result), and the caller persists the new pair before
+using it. The HTTP call runs in a worker thread; the event loop never waits on the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from addon.state import Credentials, Plan
+from addon.tokens import auth_claims, jwt_claims, token_expiry
+
+DEFAULT_TOKEN_URL = "https://auth.openai.com/oauth/token"
+CLIENT_ID = "app_EMoamEEZ73f0CkXaXp7hrann"  # the Codex CLI's public OAuth client id
+# Refresh this long before `exp`, like the Codex CLI does.
+MARGIN_SECONDS = 300
+TIMEOUT_SECONDS = 20.0
+
+# Answers that mean "log in again": retrying can never help.
+PERMANENT_CODES = frozenset(
+    {
+        "refresh_token_expired",
+        "refresh_token_reused",
+        "refresh_token_invalidated",
+        "invalid_grant",
+        "token_invalidated",
+        "token_expired",
+        "app_session_terminated",
+        "account_session_expired",
+        "account_deactivated",
+        "account_suspended",
+        "account_deleted",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Refreshed:
+    credentials: Credentials
+    plan: Plan | None
+    email: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshFailed:
+    permanent: bool
+    reason: str  # never contains a token
+
+
+def needs_refresh(credentials: Credentials, now: float, margin: float = MARGIN_SECONDS) -> bool:
+    expires = credentials.expires_at
+    return expires is not None and expires - now < margin and bool(credentials.refresh_token)
+
+
+def request_body(refresh_token: str) -> bytes:
+    return json.dumps(
+        {
+            "client_id": CLIENT_ID,
+            "grant_type": "refresh_token",
+            "refresh_token": refresh_token,
+            "scope": "openid profile email",
+        }
+    ).encode()
+
+
+def error_code(body: bytes) -> str:
+    """The error code of an OAuth error reply, in any of the shapes seen."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return ""
+    if not isinstance(data, dict):
+        return ""
+    error = data.get("error")
+    if isinstance(error, dict):
+        for key in ("code", "type"):
+            if isinstance(error.get(key), str):
+                return str(error[key])[:80]
+    if isinstance(error, str):
+        return error[:80]
+    code = data.get("code")
+    return code[:80] if isinstance(code, str) else ""
+
+
+def classify(status: int, body: bytes) -> RefreshFailed:
+    code = error_code(body)
+    if code in PERMANENT_CODES:
+        return RefreshFailed(True, f"token refresh refused: {code}")
+    if status in (400, 401, 403):
+        return RefreshFailed(True, f"token refresh refused (HTTP {status} {code})".strip())
+    return RefreshFailed(False, f"token refresh failed (HTTP {status} {code})".strip())
+
+
+def parse_success(body: bytes, old: Credentials, now: float) -> Refreshed | RefreshFailed:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return RefreshFailed(False, "token refresh answered something that is not JSON")
+    access = data.get("access_token") if isinstance(data, dict) else None
+    if not isinstance(access, str) or not access:
+        return RefreshFailed(False, "token refresh answered without an access token")
+    refresh = data.get("refresh_token")
+    id_token = data.get("id_token")
+    id_token = id_token if isinstance(id_token, str) and id_token else old.id_token
+    claims = auth_claims(id_token) or auth_claims(access)
+    credentials = Credentials(
+        access_token=access,
+        refresh_token=refresh if isinstance(refresh, str) and refresh else old.refresh_token,
+        id_token=id_token,
+        account_id=old.account_id or str(claims.get("chatgpt_account_id") or ""),
+        expires_at=token_expiry(access),
+        updated_at=now,
+    )
+    plan = Plan.parse(claims["chatgpt_plan_type"]) if "chatgpt_plan_type" in claims else None
+    email = jwt_claims(id_token).get("email")
+    return Refreshed(credentials, plan, email if isinstance(email, str) else None)
+
+
+def post_refresh(
+    url: str, credentials: Credentials, verify: bool = True
+) -> Refreshed | RefreshFailed:
+    """The blocking HTTP call (run it in a thread)."""
+    context = ssl.create_default_context()
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    request = urllib.request.Request(
+        url,
+        data=request_body(credentials.refresh_token),
+        headers={"content-type": "application/json", "accept": "application/json"},
+        method="POST",
+    )
+    # No proxy: the proxy must not send its own refresh through itself.
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+    )
+    try:
+        with opener.open(request, timeout=TIMEOUT_SECONDS) as reply:
+            return parse_success(reply.read(1024 * 1024), credentials, time.time())
+    except urllib.error.HTTPError as e:
+        return classify(e.code, e.read(64 * 1024) if e.fp else b"")
+    except (OSError, ValueError) as e:  # timeouts, refused connections, TLS errors
+        return RefreshFailed(False, f"token refresh failed: {e.__class__.__name__}")
+
+
+class Refresher:
+    """One refresh per account at a time; everyone who asks meanwhile gets the same result."""
+
+    def __init__(
+        self, call: Callable[[str, Credentials], Awaitable[Refreshed | RefreshFailed]]
+    ) -> None:
+        self.call = call
+        self.inflight: dict[str, asyncio.Future[Refreshed | RefreshFailed]] = {}
+        self.calls = 0
+
+    async def refresh(self, account_id: str, credentials: Credentials) -> Refreshed | RefreshFailed:
+        pending = self.inflight.get(account_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Refreshed | RefreshFailed] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self.inflight[account_id] = future
+        self.calls += 1
+        try:
+            result = await self.call(account_id, credentials)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception as e:  # a bug in a refresh must not wedge every waiter
+            result = RefreshFailed(False, f"token refresh crashed: {e.__class__.__name__}")
+        finally:
+            self.inflight.pop(account_id, None)
+        future.set_result(result)
+        return result
