@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from addon import report
+from addon import placeholder, report
 from addon.authjson import AuthFileError, read_auth_file
 from addon.pool import Pool, PoolError
 from addon.state import Account, State, Status
@@ -46,6 +46,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="show the pool")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument(
+        "--watch", action="store_true", help="refresh the table in place until Ctrl-C"
+    )
+
+    steer = commands.add_parser("set", help="change an account's priority and caps")
+    steer.add_argument("name")
+    steer.add_argument("--priority", type=int, help="lower is used first (default 0)")
+    steer.add_argument(
+        "--max-primary", type=float, metavar="PERCENT", help="stop at this 5 h usage"
+    )
+    steer.add_argument(
+        "--max-secondary", type=float, metavar="PERCENT", help="stop at this weekly usage"
+    )
+
+    rename = commands.add_parser("rename", help="rename an account")
+    rename.add_argument("old")
+    rename.add_argument("new")
+
+    client = commands.add_parser(
+        "client-auth", help="write a placeholder Codex auth.json for clients of the proxy"
+    )
+    client.add_argument("out_json", type=Path)
+    client.add_argument("--force", action="store_true", help="overwrite an existing file")
 
     for name, text in (
         ("pause", "stop routing to an account"),
@@ -142,12 +165,30 @@ def _edit(file: StateFile, change: Callable[[State], None]) -> State:
 
 
 def cmd_status(file: StateFile, args: argparse.Namespace) -> str:
-    state = file.read() or State()
-    rows = Pool(state).rows(time.time())
+    if args.watch and not args.json:
+        return _watch(file)
+    rows = Pool(file.read() or State()).rows(time.time())
     if args.json:
         return json.dumps({"accounts": [_public(r) for r in rows]}, indent=2)
     colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
     return report.table(rows, colour=colour)
+
+
+def _watch(file: StateFile, interval: float = 2.0) -> str:
+    colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    try:
+        while True:
+            try:
+                text = report.table(Pool(file.read() or State()).rows(time.time()), colour=colour)
+            except StateFileError as e:  # a half-edited file: say so and keep watching
+                text = f"error: {e}"
+            stamp = time.strftime("%H:%M:%S")
+            # Home the cursor and clear below: the table is redrawn in place.
+            sys.stdout.write(f"\x1b[H\x1b[J{file.path} at {stamp} (Ctrl-C to stop)\n{text}\n")
+            sys.stdout.flush()
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return ""
 
 
 def _public(row: dict[str, object]) -> dict[str, object]:
@@ -173,6 +214,61 @@ def _pool_call(method: Callable[[str], object], name: str) -> None:
         raise CliError(str(e)) from None
 
 
+def cmd_set(file: StateFile, args: argparse.Namespace) -> str:
+    _load(file)
+    state = _edit(
+        file,
+        lambda state: _pool_call(
+            lambda name: Pool(state).configure(
+                name, args.priority, args.max_primary, args.max_secondary
+            ),
+            args.name,
+        ),
+    )
+    account = _find(state, args.name)
+    return (
+        f"{account.name}: priority {account.priority}, caps 5h "
+        f"{account.max_primary_percent:g}% / week {account.max_secondary_percent:g}%"
+    )
+
+
+def cmd_rename(file: StateFile, args: argparse.Namespace) -> str:
+    _load(file)
+    _edit(file, lambda state: _pool_call(lambda old: Pool(state).rename(old, args.new), args.old))
+    return f"renamed {args.old!r} to {args.new!r}"
+
+
+def cmd_client_auth(file: StateFile, args: argparse.Namespace) -> str:
+    out: Path = args.out_json.expanduser()
+    if out.exists() and not args.force:
+        existing = _describe_existing(out)
+        raise CliError(f"{out} exists already ({existing}); add --force to replace it")
+    data = json.dumps(placeholder.auth_json(), indent=2) + "\n"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(data)
+        os.replace(tmp, out)
+    except OSError as e:
+        raise CliError(f"{out}: cannot write: {e.strerror or e}") from None
+    return (
+        f"wrote a placeholder login to {out}; clients using it need the proxy "
+        "(HTTPS_PROXY and CODEX_CA_CERTIFICATE) and never hold a real token"
+    )
+
+
+def _describe_existing(path: Path) -> str:
+    try:
+        tokens = json.loads(path.read_text()).get("tokens", {})
+    except (OSError, ValueError, AttributeError):
+        return "not a Codex login"
+    if isinstance(tokens, dict) and placeholder.is_placeholder(tokens.get("refresh_token")):
+        return "a placeholder login"
+    return "a real Codex login: import it first with `import`, it is not kept elsewhere"
+
+
 def cmd_remove(file: StateFile, args: argparse.Namespace) -> str:
     def change(state: State) -> None:
         state.accounts.remove(_find(state, args.name))
@@ -188,6 +284,9 @@ COMMANDS = {
     "pause": cmd_pause,
     "resume": cmd_resume,
     "remove": cmd_remove,
+    "set": cmd_set,
+    "rename": cmd_rename,
+    "client-auth": cmd_client_auth,
 }
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from addon import answers, selection
 from addon.affinity import Affinity
+from addon.history import History
 from addon.merge import merge
 from addon.selection import Strategy
 from addon.state import Account, Backoff, Block, State, Status, Window
@@ -52,6 +53,7 @@ class Pool:
         self.probe_interval = DEFAULT_PROBE_INTERVAL
         self.last_probe = 0.0
         self._index = {a.id: a for a in self.accounts}
+        self.history = History()
 
     # -- reading --------------------------------------------------------------------------
     @property
@@ -180,6 +182,12 @@ class Pool:
         if account.block and all(w.used_percent < 100 for w in reported):
             logger.info("quota-router: %s has headroom again; block lifted", account.name)
             account.block = None
+        self.history.add(
+            account.id,
+            now,
+            account.primary.used_percent if account.primary else None,
+            account.secondary.used_percent if account.secondary else None,
+        )
         self.changes += 1
 
     def record_limit(self, account: Account, hit: LimitHit, now: float) -> None:
@@ -221,6 +229,49 @@ class Pool:
             )
         return self.set_status(name, Status.ACTIVE)
 
+    def configure(
+        self,
+        name: str,
+        priority: int | None = None,
+        max_primary: float | None = None,
+        max_secondary: float | None = None,
+    ) -> Account:
+        """Change an account's steering settings; values are checked like the state file's."""
+        account = self.get(name)
+        changes = {
+            "priority": priority,
+            "max_primary_percent": max_primary,
+            "max_secondary_percent": max_secondary,
+        }
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if not changes:
+            raise PoolError("nothing to change: give --priority, --max-primary or --max-secondary")
+        try:
+            checked = Account.model_validate(account.model_dump() | changes)
+        except ValueError as e:
+            raise PoolError(_first_problem(e)) from None
+        for key in changes:
+            setattr(account, key, getattr(checked, key))
+        account.settings_at = time.time()
+        self.changes += 1
+        return account
+
+    def rename(self, old: str, new: str) -> Account:
+        account = self.get(old)
+        if self.state.by_name(new) is not None:
+            raise PoolError(f"an account named {new!r} exists already")
+        try:
+            Account.model_validate(account.model_dump() | {"name": new})
+        except ValueError:
+            raise PoolError(
+                f"bad account name {new!r}: use letters, digits and . _ - @ + "
+                "(at most 64, starting with a letter or digit)"
+            ) from None
+        account.name = new
+        account.settings_at = time.time()
+        self.changes += 1
+        return account
+
     def set_status(self, name: str, status: Status, reason: str = "") -> Account:
         return self.mark(self.get(name), status, reason)
 
@@ -243,6 +294,15 @@ class Pool:
         """One dict per account: the `status --json` shape, never a secret."""
         upcoming = selection.choose(Strategy.FILL_FIRST, self.accounts, now, self.rng)
         return [status_row(a, now, a is upcoming) for a in self.accounts]
+
+
+def _first_problem(error: ValueError) -> str:
+    errors = getattr(error, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        return f"{field}: {first['msg']}"
+    return str(error)
 
 
 def _window(report: WindowReport, now: float) -> Window:

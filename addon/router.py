@@ -24,6 +24,7 @@ from mitmproxy.addons.clientplayback import ReplayHandler  # noqa: E402
 
 from addon import answers, placeholder, routing, usage  # noqa: E402
 from addon.affinity import conversation_key  # noqa: E402
+from addon.dashboard import Dashboard  # noqa: E402
 from addon.pool import Choice, Pool, PoolError  # noqa: E402
 from addon.refresh import (  # noqa: E402
     DEFAULT_TOKEN_URL,
@@ -561,6 +562,20 @@ class Router:
         if value.startswith("Bearer ") and "…" not in value:
             flow.request.headers["authorization"] = "Bearer " + mask(value[7:])
 
+    def snapshot(self) -> dict[str, Any]:
+        """Everything the dashboard shows; never a secret."""
+        now = time.time()
+        rows = self.pool.rows(now)
+        for row, account in zip(rows, self.pool.accounts, strict=True):
+            row["history"] = self.pool.history.points(account.id, now)
+        return {
+            "now": now,
+            "strategy": self.strategy.value,
+            "state_file": str(self.file.path) if self.file else None,
+            "saving_error": self.saver.error if self.saver else None,
+            "accounts": rows,
+        }
+
     # -- commands --------------------------------------------------------------------------
     @command.command("router.status")
     def status(self) -> str:
@@ -581,6 +596,18 @@ class Router:
         """Route to a paused account again (persisted)."""
         self._operate(self.pool.resume, name, "resumed")
 
+    @command.command("router.set")
+    def steer(self, name: str, priority: int, max_primary: float, max_secondary: float) -> None:
+        """Set an account's priority (lower first) and its 5 h / weekly caps in percent."""
+        self._operate(
+            lambda n: self.pool.configure(n, priority, max_primary, max_secondary), name, "set"
+        )
+
+    @command.command("router.rename")
+    def rename(self, old: str, new: str) -> None:
+        """Rename an account (persisted)."""
+        self._operate(lambda n: self.pool.rename(n, new), old, f"renamed to {new}:")
+
     def _operate(self, method, name: str, verb: str) -> None:  # type: ignore[no-untyped-def]
         try:
             method(name)
@@ -589,4 +616,5 @@ class Router:
         logger.info("quota-router: %s %s", verb, name)
 
 
-addons = [Router()]
+router = Router()
+addons = [router, Dashboard(router.snapshot)]
