@@ -194,6 +194,8 @@ class Pool:
         if hit.usage:
             self.record_usage(account, hit.usage, now)
         account.block = Block(until=hit.resets_at, reason=hit.kind[:200], observed_at=now)
+        # Fresh news of a limit is as good as a probe: the next one waits a full interval.
+        self.last_probe = max(self.last_probe, now)
         self.changes += 1
 
     def record_error(self, account: Account, now: float) -> float:

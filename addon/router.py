@@ -99,12 +99,21 @@ class Router:
         )
         loader.add_option(
             "router_probe_interval",
-            float,
-            60.0,
+            int,
+            60,
             "Seconds between probe requests while every account is rate limited.",
         )
 
     def configure(self, updated: set[str]) -> None:
+        try:
+            self._configure(updated)
+        except exceptions.OptionsError as e:
+            if self._task is not None:
+                raise  # a live change (mitmweb Options, `set`): reject it, keep the old value
+            # At start-up: one clear line, and mitmproxy exits because an error was logged.
+            logger.error("quota-router cannot start: %s", e)
+
+    def _configure(self, updated: set[str]) -> None:
         if "router_strategy" in updated:
             try:
                 self.strategy = Strategy(ctx.options.router_strategy)
@@ -150,8 +159,9 @@ class Router:
             self._restart_saver()
 
     def running(self) -> None:
+        if self.file is None:
+            return  # start-up failed and was reported; mitmproxy is exiting
         self._restart_saver()
-        assert self.file is not None
         if self.file.is_loose():
             logger.warning(
                 "quota-router: %s can be read by other users; it holds credentials (chmod 600 it)",
@@ -597,11 +607,15 @@ class Router:
         self._operate(self.pool.resume, name, "resumed")
 
     @command.command("router.set")
-    def steer(self, name: str, priority: int, max_primary: float, max_secondary: float) -> None:
+    def steer(self, name: str, priority: int, max_primary: str, max_secondary: str) -> None:
         """Set an account's priority (lower first) and its 5 h / weekly caps in percent."""
-        self._operate(
-            lambda n: self.pool.configure(n, priority, max_primary, max_secondary), name, "set"
-        )
+        caps = []
+        for label, text in (("max_primary", max_primary), ("max_secondary", max_secondary)):
+            try:
+                caps.append(float(text))
+            except ValueError:
+                raise exceptions.CommandError(f"{label}: {text!r} is not a number") from None
+        self._operate(lambda n: self.pool.configure(n, priority, *caps), name, "set")
 
     @command.command("router.rename")
     def rename(self, old: str, new: str) -> None:

@@ -61,7 +61,7 @@ def fingerprint(path: Path) -> Fingerprint | None:
 
 
 def _line_of_account(text: str, index: int) -> int | None:
-    starts = [m.start() for m in re.finditer(r"(?m)^\s*\[\[\s*accounts\s*\]\]", text)]
+    starts = [m.start() for m in re.finditer(r"(?m)^[ \t]*\[\[[ \t]*accounts[ \t]*\]\]", text)]
     if index < len(starts):
         return text.count("\n", 0, starts[index]) + 1
     return None

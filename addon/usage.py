@@ -65,7 +65,8 @@ def seconds_ahead(value: Any, now: float) -> int | None:
     number = _number(value)
     if number is None or not 0 < number <= MAX_RESET_AHEAD:
         return None
-    return math.ceil(now + number)
+    # now + a tiny delay can round to now itself: the result must still lie ahead.
+    return max(math.ceil(now + number), math.floor(now) + 1)
 
 
 def _number(value: Any) -> float | None:

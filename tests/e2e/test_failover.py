@@ -1,0 +1,169 @@
+"""End to end: failover before the first byte, exhaustion, recovery, conversation affinity."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.pool_env import PoolEnv, Spec, cli, pool_env
+
+pytestmark = pytest.mark.e2e
+
+RESPONSES = "/backend-api/codex/responses"
+
+
+def served_by(env: PoolEnv) -> list[tuple[str | None, int | None]]:
+    """(account, status) of every model request the upstream received, in order."""
+    return [(r.account_id, r.status) for r in env.fake.requests_for(RESPONSES)]
+
+
+def test_a_usage_limit_429_is_retried_on_the_next_account(tmp_path: Path) -> None:
+    with pool_env(tmp_path, [Spec("a", primary=50), Spec("b", primary=10)]) as env:
+        env.fake.set_limited("acct-a", 3600)
+        result = env.turn()
+        assert result.status == 200
+        assert result.events[-1].json["type"] == "response.completed"
+        assert served_by(env) == [("acct-a", 429), ("acct-b", 200)]
+        env.proxy.wait_for_line(r"failover a → b after 429 usage_limit_reached", 5)
+        rows = env.status(lambda r: r["a"]["status"] == "rate_limited")
+        assert rows["a"]["status"] == "rate_limited"
+        # The block is remembered: the next turn goes straight to b.
+        env.fake.clear_log()
+        assert env.turn().status == 200
+        assert served_by(env) == [("acct-b", 200)]
+
+
+def test_a_server_error_is_retried_and_backs_the_account_off(tmp_path: Path) -> None:
+    with pool_env(tmp_path, [Spec("a", primary=50), Spec("b", primary=10)]) as env:
+        env.fake.inject_error(502, times=1, transport="http")
+        result = env.turn()
+        assert result.status == 200
+        assert served_by(env) == [("acct-a", 502), ("acct-b", 200)]
+        rows = env.status(lambda r: r["a"]["status"] == "backoff")
+        assert rows["a"]["status"] == "backoff"
+
+
+def test_a_request_error_is_never_retried(tmp_path: Path) -> None:
+    with pool_env(tmp_path, [Spec("a", primary=50), Spec("b", primary=10)]) as env:
+        body = {"error": {"type": "invalid_request_error", "message": "bad input"}}
+        env.fake.inject_error(400, body, times=1, transport="http")
+        result = env.turn()
+        assert result.status == 400
+        assert served_by(env) == [("acct-a", 400)]
+
+
+def test_attempts_are_bounded(tmp_path: Path) -> None:
+    specs = [Spec(n, primary=p) for n, p in (("a", 40), ("b", 30), ("c", 20), ("d", 10))]
+    with pool_env(tmp_path, specs) as env:
+        env.fake.inject_error(500, times=50, transport="http")
+        result = env.turn()
+        assert result.status == 500
+        assert len(served_by(env)) == 3
+
+
+def test_every_account_limited_is_answered_locally_without_hammering(tmp_path: Path) -> None:
+    with pool_env(tmp_path, [Spec("a", primary=50), Spec("b", primary=10)]) as env:
+        env.fake.set_limited("acct-a", 3600)
+        env.fake.set_limited("acct-b", 1800)
+        earliest = int(time.time()) + 1800
+        answers = [env.turn() for _ in range(10)]
+        assert all(a.status == 429 for a in answers)
+        for answer in answers:
+            error = answer.json()["error"]
+            assert error["type"] == "usage_limit_reached"
+            assert abs(error["resets_at"] - earliest) <= 2
+        # Two upstream attempts taught the proxy; the rest were answered locally.
+        assert len(served_by(env)) == 2
+
+
+def test_an_early_upstream_reset_is_noticed_by_a_probe(tmp_path: Path) -> None:
+    options = {"router_probe_interval": "1"}
+    with pool_env(tmp_path, [Spec("a", primary=50), Spec("b", primary=10)], options) as env:
+        env.fake.set_limited("acct-a", 3600)
+        env.fake.set_limited("acct-b", 7200)
+        assert env.turn().status == 429
+        env.fake.set_limited("acct-a", None)  # the upstream resets early
+        deadline = time.monotonic() + 10
+        while (result := env.turn()).status != 200 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert result.status == 200
+        rows = env.status(lambda r: r["a"]["status"] == "active")
+        assert rows["a"]["status"] == "active"
+        assert rows["b"]["status"] == "rate_limited"
+
+
+def test_a_conversation_stays_on_one_account_under_capacity_weighted(tmp_path: Path) -> None:
+    specs = [Spec("a"), Spec("b"), Spec("c")]
+    with pool_env(tmp_path, specs, {"router_strategy": "capacity_weighted"}) as env:
+        for _ in range(8):
+            assert env.turn(session="thread-1").status == 200
+        first = {account for account, _ in served_by(env)}
+        assert len(first) == 1
+        env.fake.clear_log()
+        for n in range(12):
+            assert env.turn(session=f"thread-{n + 2}").status == 200
+        # Each new conversation is its own weighted draw (all three equal here).
+        assert len({account for account, _ in served_by(env)}) > 1
+
+
+def test_affinity_survives_a_restart(tmp_path: Path) -> None:
+    specs = [Spec("a", primary=10), Spec("b", primary=5)]
+    with pool_env(tmp_path, specs) as env:
+        assert env.turn(session="thread-9").status == 200
+        assert served_by(env) == [("acct-a", 200)]
+        env.status(lambda r: r["a"]["requests"] == 1)
+        state = env.state
+    # b now comes first (a lower priority number), so a new conversation goes to b; the
+    # conversation that started on a stays there.
+    assert cli(state, "set", "a", "--priority", "5").returncode == 0
+    with pool_env(tmp_path / "second", [], {"router_state": str(state)}) as env2:
+        env2.fake.register_auth_json(env.auths["a"])
+        env2.fake.register_auth_json(env.auths["b"])
+        env2.auths = env.auths
+        assert env2.turn(session="thread-other").status == 200
+        assert env2.turn(session="thread-9").status == 200
+        seen = [r.account_id for r in env2.fake.requests_for(RESPONSES)]
+        assert seen == ["acct-b", "acct-a"]
+
+
+def test_a_conversation_moves_when_its_account_leaves_and_says_so(tmp_path: Path) -> None:
+    with pool_env(tmp_path, [Spec("a", primary=50), Spec("b", primary=10)]) as env:
+        assert env.turn(session="thread-5").status == 200
+        assert cli(env.state, "pause", "a").returncode == 0
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            env.fake.clear_log()
+            assert env.turn(session="thread-5").status == 200
+            if served_by(env) == [("acct-b", 200)]:
+                break
+            time.sleep(0.2)
+        assert served_by(env) == [("acct-b", 200)]
+        env.proxy.wait_for_line(r"conversation moved from a: paused", 5)
+
+
+def test_account_bound_requests_are_not_sent_to_another_account(tmp_path: Path) -> None:
+    with pool_env(tmp_path, [Spec("a", primary=50), Spec("b", primary=10)]) as env:
+        assert env.turn(session="thread-7").status == 200
+        env.fake.set_limited("acct-a", 600)
+        assert env.turn(session="thread-other").status == 200  # a is now known limited
+        env.fake.clear_log()
+        from tests.e2e.harness import https_request, responses_request
+
+        body = responses_request() | {"previous_response_id": "resp_123"}
+        headers = env.headers(**{"session-id": "thread-7", "accept": "text/event-stream"})
+        result = https_request(
+            env.proxy.port,
+            env.proxy.ca_path,
+            "POST",
+            "https://chatgpt.com" + RESPONSES,
+            headers=headers,
+            body=body,
+            zstd=True,
+        )
+        # Its account is limited: Codex gets the usage-limit answer for that account,
+        # not a turn on b that would fail with previous_response_not_found.
+        assert result.status == 429
+        assert result.json()["error"]["type"] == "usage_limit_reached"
+        assert served_by(env) == []
