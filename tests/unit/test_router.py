@@ -1,0 +1,284 @@
+"""The mitmproxy layer (addon/router.py) with mitmproxy's own test helpers: options, the
+auth rewrite and where it may happen, masking, local answers, WebSocket frames, commands."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mitmproxy import exceptions, http
+from mitmproxy.test import taddons, tflow, tutils
+from mitmproxy.websocket import WebSocketData, WebSocketMessage
+from wsproto.frame_protocol import Opcode
+
+from addon import placeholder
+from addon.router import Router
+from addon.state import Account, Credentials, State, Window
+from addon.statefile import StateFile
+from tests.fakes.jwt import make_access_token
+
+TOKENS = {name: make_access_token(f"acct-{name}", exp=int(time.time()) + 86400) for name in "ab"}
+CLIENT = placeholder.auth_json()["tokens"]
+
+
+def write_state(path: Path, **usage: float) -> None:
+    accounts = [
+        Account(
+            name=name,
+            credentials=Credentials(access_token=token, account_id=f"acct-{name}"),
+            primary=Window(used_percent=usage.get(name, 0.0), observed_at=1.0),
+        )
+        for name, token in TOKENS.items()
+    ]
+    StateFile(path).edit(lambda state: state.accounts.extend(accounts))
+
+
+Fixture = tuple[Router, taddons.context]
+
+
+@pytest.fixture
+def router(tmp_path: Path) -> Iterator[tuple[Router, taddons.context]]:
+    write_state(tmp_path / "state.toml", a=40, b=10)
+    addon = Router()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, router_state=str(tmp_path / "state.toml"))
+        yield addon, tctx
+
+
+def codex_flow(
+    host: str = "chatgpt.com",
+    port: int = 443,
+    scheme: str = "https",
+    path: str = "/backend-api/codex/responses",
+    **headers: str,
+) -> http.HTTPFlow:
+    request = tutils.treq(
+        host=host,
+        port=port,
+        scheme=scheme.encode(),
+        authority=b"",
+        method=b"POST",
+        path=path.encode(),
+        headers=http.Headers(
+            authorization=f"Bearer {CLIENT['access_token']}",
+            **{"chatgpt-account-id": CLIENT["account_id"], "originator": "codex_exec"},
+            **headers,
+        ),
+        content=b"{}",
+    )
+    return tflow.tflow(req=request)
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+def test_routed_request_gets_the_chosen_accounts_credentials(router: Fixture) -> None:
+    addon, _ = router
+    flow = codex_flow()
+    run(addon.request(flow))
+    assert flow.request.headers["authorization"] == f"Bearer {TOKENS['a']}"
+    assert flow.request.headers["chatgpt-account-id"] == "acct-a"
+    assert flow.comment == "a · fill_first · 5h 40%"
+    assert flow.response is None
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "scheme"),
+    [
+        ("chatgpt.com.evil.test", 443, "https"),
+        ("evilchatgpt.com", 443, "https"),
+        ("chatgpt.com", 8443, "https"),
+        ("chatgpt.com", 80, "http"),
+        ("api.openai.com", 443, "https"),
+    ],
+)
+def test_pooled_tokens_never_go_to_another_host(
+    router: Fixture, host: str, port: int, scheme: str
+) -> None:
+    addon, _ = router
+    flow = codex_flow(host=host, port=port, scheme=scheme)
+    run(addon.request(flow))
+    assert flow.request.headers["authorization"] == f"Bearer {CLIENT['access_token']}"
+    assert flow.request.headers["chatgpt-account-id"] == CLIENT["account_id"]
+
+
+def test_web_app_calls_without_codex_originator_pass(router: Fixture) -> None:
+    addon, _ = router
+    flow = codex_flow(path="/backend-api/conversation")
+    del flow.request.headers["originator"]
+    run(addon.request(flow))
+    assert flow.request.headers["authorization"] == f"Bearer {CLIENT['access_token']}"
+
+
+def test_the_token_is_masked_once_the_answer_is_in(router: Fixture) -> None:
+    addon, _ = router
+    flow = codex_flow()
+    run(addon.request(flow))
+    flow.response = tutils.tresp(headers=http.Headers(**{"content-type": "application/json"}))
+    run(addon.response(flow))
+    masked = flow.request.headers["authorization"]
+    assert TOKENS["a"] not in masked
+    assert masked == "Bearer …" + TOKENS["a"][-4:]
+
+
+def test_usage_headers_are_learnt_and_sse_is_streamed(router: Fixture) -> None:
+    addon, _ = router
+    flow = codex_flow()
+    run(addon.request(flow))
+    reset = int(time.time()) + 3600
+    flow.response = tutils.tresp(
+        headers=http.Headers(
+            **{
+                "content-type": "text/event-stream",
+                "x-codex-primary-used-percent": "55.5",
+                "x-codex-primary-reset-at": str(reset),
+            }
+        ),
+        content=None,
+    )
+    addon.responseheaders(flow)
+    assert callable(flow.response.stream)
+    event = {
+        "type": "codex.rate_limits",
+        "rate_limits": {"primary": {"used_percent": 61.0, "reset_at": reset}},
+    }
+    chunk = f"event: codex.rate_limits\ndata: {json.dumps(event)}\n\n".encode()
+    assert flow.response.stream(chunk[:20]) == chunk[:20]
+    assert flow.response.stream(chunk[20:]) == chunk[20:]
+    account = addon.pool.get("a")
+    assert account.primary is not None and account.primary.used_percent == 61.0
+
+
+def test_a_429_is_not_streamed(router: Fixture) -> None:
+    addon, _ = router
+    flow = codex_flow()
+    run(addon.request(flow))
+    flow.response = tutils.tresp(
+        status_code=429, headers=http.Headers(**{"content-type": "text/event-stream"})
+    )
+    addon.responseheaders(flow)
+    assert flow.response.stream is False
+
+
+def test_nothing_eligible_is_answered_locally_and_marked(router: Fixture) -> None:
+    addon, tctx = router
+    tctx.command(addon.pause, "a")
+    tctx.command(addon.pause, "b")
+    flow = codex_flow()
+    run(addon.request(flow))
+    assert flow.response is not None and flow.response.status_code == 503
+    assert flow.marked
+    assert "paused" in json.loads(flow.response.content or b"")["error"]["message"]
+    assert "paused" in flow.comment
+
+
+def test_commands_report_unknown_accounts(router: Fixture) -> None:
+    addon, tctx = router
+    with pytest.raises(exceptions.CommandError, match="no account named 'zed'"):
+        tctx.command(addon.pause, "zed")
+    assert "a" in addon.status()
+
+
+def test_placeholder_refresh_is_answered_locally(router: Fixture) -> None:
+    addon, _ = router
+    body = json.dumps({"grant_type": "refresh_token", "refresh_token": CLIENT["refresh_token"]})
+    flow = tflow.tflow(
+        req=tutils.treq(
+            host="auth.openai.com",
+            port=443,
+            scheme=b"https",
+            method=b"POST",
+            path=b"/oauth/token",
+            content=body.encode(),
+        )
+    )
+    run(addon.request(flow))
+    assert flow.response is not None and flow.response.status_code == 200
+    reply = json.loads(flow.response.content or b"")
+    assert placeholder.is_placeholder(reply["refresh_token"])
+
+
+def ws_flow(addon: Router) -> http.HTTPFlow:
+    flow = codex_flow(path="/backend-api/codex/responses", upgrade="websocket")
+    flow.request.method = "GET"
+    run(addon.request(flow))
+    flow.websocket = WebSocketData()
+    return flow
+
+
+def limit_frame() -> bytes:
+    error = {"type": "usage_limit_reached", "resets_at": int(time.time()) + 600}
+    return json.dumps({"type": "error", "status_code": 429, "error": error}).encode()
+
+
+def test_a_websocket_limit_frame_sends_the_client_elsewhere(router: Fixture) -> None:
+    addon, _ = router
+    flow = ws_flow(addon)
+    assert flow.websocket is not None
+    flow.websocket.messages.append(WebSocketMessage(Opcode.TEXT, False, limit_frame()))
+    addon.websocket_message(flow)
+    frame = json.loads(flow.websocket.messages[-1].content)
+    assert frame["status_code"] == 503 and frame["error"]["code"] == "account_switch"
+    assert addon.pool.get("a").block is not None
+
+
+def test_a_websocket_limit_frame_passes_when_no_account_is_left(router: Fixture) -> None:
+    addon, tctx = router
+    tctx.command(addon.pause, "b")
+    flow = ws_flow(addon)
+    assert flow.websocket is not None
+    frame = limit_frame()
+    flow.websocket.messages.append(WebSocketMessage(Opcode.TEXT, False, frame))
+    addon.websocket_message(flow)
+    assert flow.websocket.messages[-1].content == frame
+
+
+def test_live_option_changes_are_validated(router: Fixture) -> None:
+    addon, tctx = router
+
+    async def live() -> None:
+        addon.running()
+        with pytest.raises(exceptions.OptionsError, match="unknown strategy 'lottery'"):
+            tctx.configure(addon, router_strategy="lottery")
+        with pytest.raises(exceptions.OptionsError, match="not an http"):
+            tctx.configure(addon, router_token_url="ftp://x")
+        with pytest.raises(exceptions.OptionsError, match="at least 1 second"):
+            tctx.configure(addon, router_probe_interval=0)
+        tctx.configure(addon, router_strategy="capacity_weighted")
+        assert addon.strategy.value == "capacity_weighted"
+        addon.done()
+
+    run(live())
+
+
+def test_an_invalid_state_file_is_refused_live_and_the_old_state_kept(
+    router, tmp_path: Path
+) -> None:
+    addon, tctx = router
+    bad = tmp_path / "bad.toml"
+    bad.write_text("version = 1\naccounts = 3\n")
+
+    async def live() -> None:
+        addon.running()
+        with pytest.raises(exceptions.OptionsError, match=r"bad\.toml: invalid state: accounts"):
+            tctx.configure(addon, router_state=str(bad))
+        assert [a.name for a in addon.pool.accounts] == ["a", "b"]
+        addon.done()
+
+    run(live())
+    assert bad.read_text() == "version = 1\naccounts = 3\n"
+
+
+def test_state_is_flushed_on_shutdown(router: Fixture, tmp_path: Path) -> None:
+    addon, _ = router
+    for _ in range(3):
+        run(addon.request(codex_flow()))
+    addon.done()
+    state = StateFile(tmp_path / "state.toml").read()
+    assert isinstance(state, State)
+    assert state.by_name("a").requests == 3  # type: ignore[union-attr]
