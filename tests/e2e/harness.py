@@ -109,7 +109,9 @@ class Mitmdump:
         return f"http://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
-        exe = Path(sys.executable).parent / "mitmdump"
+        exe = Path(sys.executable).parent / "mitmdump"  # the venv running the tests
+        if not exe.exists():
+            exe = Path(shutil.which("mitmdump") or exe)
         cmd = [str(exe), "--listen-host", "127.0.0.1", "--listen-port", "0"]
         cmd += ["--set", f"confdir={self.confdir}"]
         for script in self.scripts:
