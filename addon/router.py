@@ -395,6 +395,11 @@ class Router:
             reason = routing.retry_reason(flow.response.status_code, flow.response.content)
             if reason is not None and pristine is not None:
                 await self._failover(flow, account, pristine, reason)
+            elif reason is not None and reason.startswith("401") and RETRY not in flow.metadata:
+                # Not replayable (a WebSocket handshake): refresh now, so the client's own
+                # retry, which comes next, finds fresh tokens (or another account).
+                if account.credentials.updated_at == flow.metadata[META]["credentials_at"]:
+                    await self._fresh(account, force=True)
             elif (
                 flow.response.status_code == 200
                 and routing.is_accounts_check(flow.request.path)
