@@ -80,7 +80,7 @@ def read_auth_file(path: Path) -> Imported:
         raise AuthFileError(f"{path}: cannot read: {getattr(e, 'strerror', None) or e}") from None
     try:
         data = json.loads(raw)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: absurdly deep nesting
         raise AuthFileError(
             f"{path}: not JSON ({e.__class__.__name__} at line {getattr(e, 'lineno', '?')})"
         ) from None

@@ -7,6 +7,7 @@ count plus what this process routed since it last saved.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 
 from addon.state import Account, Backoff, Block, Conversation, State, Window
@@ -93,6 +94,23 @@ def merge(
         else a.model_copy()
         for a in theirs.accounts
     ]
+    _undo_colliding_renames(accounts, theirs.accounts)
     ids = {a.id for a in accounts}
     kept = merge_conversations(conversations or {}, theirs.conversations, ids)
     return State(version=theirs.version, accounts=accounts, conversations=kept)
+
+
+def _undo_colliding_renames(merged: list[Account], theirs: list[Account]) -> None:
+    """A rename on one side that collides with a name on the other keeps the file's name:
+    two accounts with one name would make every later merge (and save) fail."""
+    while True:
+        count = Counter(a.name for a in merged)
+        clashes = [
+            (a, old)
+            for a, old in zip(merged, theirs, strict=True)
+            if count[a.name] > 1 and a.name != old.name
+        ]
+        if not clashes:
+            return
+        for account, old in clashes:
+            account.name = old.name

@@ -37,12 +37,25 @@ def _decoder(encoding: str) -> _Decoder | None:
     if encoding == "zstd":
         import zstandard
 
-        return zstandard.ZstdDecompressor().decompressobj()
+        try:  # a zstd stream may hold several frames (RFC 8878)
+            return zstandard.ZstdDecompressor().decompressobj(read_across_frames=True)
+        except TypeError:  # zstandard < 0.21
+            return zstandard.ZstdDecompressor().decompressobj()
     if encoding == "br":
         import brotli
 
-        return brotli.Decompressor()  # type: ignore[no-any-return]
+        return _Brotli(brotli.Decompressor())
     raise ValueError(f"unsupported content-encoding {encoding!r}")
+
+
+class _Brotli:
+    """brotli's Decompressor has `process`, not `decompress` (brotlicffi has both)."""
+
+    def __init__(self, decompressor: Any) -> None:
+        self._decompress = getattr(decompressor, "decompress", None) or decompressor.process
+
+    def decompress(self, data: bytes) -> bytes:
+        return self._decompress(data)  # type: ignore[no-any-return]
 
 
 class SSETap:

@@ -50,7 +50,7 @@ def percent(value: Any) -> float | None:
     number = _number(value)
     if number is None or number < 0:
         return None
-    return min(number, 100.0)
+    return min(abs(number), 100.0)  # abs: "-0" is 0.0, not -0.0 (shown as "-0%")
 
 
 def reset_time(value: Any, now: float) -> int | None:

@@ -1,0 +1,364 @@
+"""cli.py: `python -m addon` import/status/pause/resume/remove, and its errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from addon.cli import main
+from addon.state import Account, Plan, State, Status, Window
+from addon.statefile import StateFile
+from tests.fakes.jwt import make_auth_json
+
+if TYPE_CHECKING:
+    from conftest import WriteAuth
+
+REPO = Path(__file__).resolve().parents[2]
+JSON_KEYS = {
+    "name",
+    "plan",
+    "status",
+    "primary_used_percent",
+    "primary_reset_at",
+    "secondary_used_percent",
+    "secondary_reset_at",
+    "requests",
+    "last_used_at",
+}
+
+
+@dataclass(frozen=True)
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+Cli = Callable[..., Result]
+AuthFiles = dict[str, tuple[Path, dict[str, Any]]]
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], state_path: Path) -> Cli:
+    """Runs `main([...])` against the test's state file; returns code, stdout and stderr."""
+
+    def run(*args: str | Path) -> Result:
+        try:
+            code = main(["--state", str(state_path), *map(str, args)])
+        except SystemExit as e:  # argparse's own errors
+            code = e.code if isinstance(e.code, int) else 1
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture
+def auth_files(write_auth: WriteAuth) -> AuthFiles:
+    """Three Codex logins: name -> (path of its auth.json, the document)."""
+    files: AuthFiles = {}
+    for name, plan in (("pro1", "pro"), ("plus1", "plus"), ("plus2", "plus")):
+        doc = make_auth_json(f"acct-{name}", plan, email=f"{name}@example.com")
+        files[name] = (write_auth(doc, f"{name}.json"), doc)
+    return files
+
+
+def secrets_of(files: AuthFiles) -> list[str]:
+    out = []
+    for _, doc in files.values():
+        tokens = doc["tokens"]
+        out += [tokens["access_token"], tokens["refresh_token"], tokens["id_token"]]
+    return out
+
+
+def assert_no_secret(files: AuthFiles, *texts: str) -> None:
+    for secret in secrets_of(files):
+        for text in texts:
+            assert secret not in text
+            assert secret[-16:] not in text
+
+
+def status_json(cli: Cli) -> dict[str, dict[str, Any]]:
+    result = cli("status", "--json")
+    assert result.code == 0 and result.err == ""
+    return {row["name"]: row for row in json.loads(result.out)["accounts"]}
+
+
+# -- import ----------------------------------------------------------------------------------
+
+
+def test_import_adds_an_account(cli: Cli, state_path: Path, auth_files: AuthFiles) -> None:
+    path, doc = auth_files["pro1"]
+    result = cli("import", path, "--name", "work")
+    assert result.code == 0 and result.err == ""
+    assert "work" in result.out and "pro" in result.out
+    state = StateFile(state_path).read()
+    assert state is not None
+    [account] = state.accounts
+    assert (account.name, account.plan, account.email) == ("work", Plan.PRO, "pro1@example.com")
+    assert account.credentials.access_token == doc["tokens"]["access_token"]
+    assert account.credentials.refresh_token == doc["tokens"]["refresh_token"]
+    assert account.credentials.account_id == "acct-pro1"
+    assert account.status is Status.ACTIVE
+    assert_no_secret(auth_files, result.out, result.err)
+
+
+def test_import_replace_updates_the_login_and_ends_reauth(
+    cli: Cli, state_path: Path, auth_files: AuthFiles, write_auth: WriteAuth
+) -> None:
+    path, _ = auth_files["plus1"]
+    assert cli("import", path, "--name", "work").code == 0
+
+    def needs_login(state: State) -> None:
+        state.accounts[0].status = Status.REAUTH_REQUIRED
+
+    StateFile(state_path).edit(needs_login)
+    fresh = make_auth_json("acct-plus1", "pro", email="plus1@example.com")
+    result = cli("import", write_auth(fresh), "--name", "work", "--replace")
+    assert result.code == 0, result.err
+    assert "updated" in result.out
+    state = StateFile(state_path).read()
+    assert state is not None
+    [account] = state.accounts
+    assert account.credentials.access_token == fresh["tokens"]["access_token"]
+    assert (account.plan, account.status) == (Plan.PRO, Status.ACTIVE)
+
+
+# -- status ----------------------------------------------------------------------------------
+
+
+def test_status_without_a_state_file_explains_how_to_start(cli: Cli, state_path: Path) -> None:
+    result = cli("status")
+    assert result.code == 0 and "import" in result.out
+    assert not state_path.exists()
+    assert json.loads(cli("status", "--json").out) == {"accounts": []}
+
+
+def test_status_lists_accounts_without_secrets(cli: Cli, auth_files: AuthFiles) -> None:
+    for name, (path, _) in auth_files.items():
+        assert cli("import", path, "--name", name).code == 0
+    result = cli("status")
+    assert result.code == 0 and result.err == ""
+    for name in auth_files:
+        assert name in result.out
+    assert "\x1b[" not in result.out  # not a terminal: no colour
+    assert_no_secret(auth_files, result.out)
+
+
+def test_status_json_has_the_documented_keys_and_types(
+    cli: Cli, state_path: Path, auth_files: AuthFiles
+) -> None:
+    for name, (path, _) in auth_files.items():
+        assert cli("import", path, "--name", name).code == 0
+    t = int(time.time())
+
+    def usage(state: State) -> None:
+        pro = state.by_name("pro1")
+        assert pro is not None
+        pro.primary = Window(used_percent=30, window_minutes=300, reset_at=t + 3600, observed_at=t)
+        pro.secondary = Window(used_percent=61.5, reset_at=t + 86400, observed_at=t)
+        pro.requests, pro.last_used_at = 12, t - 5
+
+    StateFile(state_path).edit(usage)
+    result = cli("status", "--json")
+    rows = json.loads(result.out)["accounts"]
+    assert [r["name"] for r in rows] == ["pro1", "plus1", "plus2"]
+    for row in rows:
+        assert set(row) >= JSON_KEYS
+        for key in ("primary_used_percent", "secondary_used_percent"):
+            assert row[key] is None or type(row[key]) is float
+        for key in ("primary_reset_at", "secondary_reset_at", "last_used_at"):
+            assert row[key] is None or type(row[key]) is int
+        assert type(row["requests"]) is int
+    pro = rows[0]
+    assert (pro["plan"], pro["status"], pro["requests"]) == ("pro", "active", 12)
+    assert (pro["primary_used_percent"], pro["primary_reset_at"]) == (30.0, t + 3600)
+    assert (pro["secondary_used_percent"], pro["secondary_reset_at"]) == (61.5, t + 86400)
+    assert pro["last_used_at"] == t - 5
+    plus = rows[1]
+    assert (plus["primary_used_percent"], plus["primary_reset_at"], plus["last_used_at"]) == (
+        None,
+        None,
+        None,
+    )
+    assert_no_secret(auth_files, result.out)
+
+
+# -- pause / resume / remove -----------------------------------------------------------------
+
+
+def test_pause_resume_and_remove(cli: Cli, auth_files: AuthFiles) -> None:
+    for name, (path, _) in auth_files.items():
+        assert cli("import", path, "--name", name).code == 0
+    result = cli("pause", "plus1")
+    assert result.code == 0 and "plus1" in result.out
+    assert status_json(cli)["plus1"]["status"] == "paused"
+    result = cli("resume", "plus1")
+    assert result.code == 0
+    assert status_json(cli)["plus1"]["status"] == "active"
+    result = cli("remove", "plus2")
+    assert result.code == 0 and "plus2" in result.out
+    assert set(status_json(cli)) == {"pro1", "plus1"}
+
+
+def test_a_removed_account_is_gone_from_the_file(
+    cli: Cli, state_path: Path, auth_files: AuthFiles
+) -> None:
+    path, doc = auth_files["pro1"]
+    assert cli("import", path, "--name", "work").code == 0
+    assert cli("remove", "work").code == 0
+    text = state_path.read_text()
+    assert "work" not in text and doc["tokens"]["refresh_token"] not in text
+
+
+# -- mistakes: non-zero, one line, no traceback, the file untouched --------------------------
+
+
+def prepare(cli: Cli, auth_files: AuthFiles) -> None:
+    for name in ("pro1", "plus1"):
+        assert cli("import", auth_files[name][0], "--name", name).code == 0
+    assert cli("pause", "plus1").code == 0
+
+
+# Each wrong command line; `{name}` stands for the path of an input from `bad_inputs`.
+MISTAKES: dict[str, list[str]] = {
+    "pause unknown": ["pause", "ghost"],
+    "resume unknown": ["resume", "ghost"],
+    "remove unknown": ["remove", "ghost"],
+    "duplicate name": ["import", "{plus2}", "--name", "pro1"],
+    "same login twice": ["import", "{pro1}", "--name", "again"],
+    "replace unknown": ["import", "{plus2}", "--name", "ghost", "--replace"],
+    "missing file": ["import", "{missing}", "--name", "x"],
+    "directory": ["import", "{directory}", "--name", "x"],
+    "not json": ["import", "{not_json}", "--name", "x"],
+    "not codex": ["import", "{not_codex}", "--name", "x"],
+    "api key": ["import", "{api_key}", "--name", "x"],
+    "no refresh token": ["import", "{no_refresh}", "--name", "x"],
+    "bad name space": ["import", "{plus2}", "--name", "my account"],
+    "bad name dash": ["import", "{plus2}", "--name=-x"],
+    "bad name empty": ["import", "{plus2}", "--name", ""],
+    "bad name long": ["import", "{plus2}", "--name", "x" * 65],
+    "unknown command": ["frobnicate"],
+    "no command": [],
+    "missing argument": ["pause"],
+    "missing --name": ["import", "{plus2}"],
+    "unknown option": ["status", "--yaml"],
+    "resume needs login": ["resume", "reauth"],
+}
+
+
+@pytest.fixture
+def bad_inputs(write_auth: WriteAuth, tmp_path: Path, auth_files: AuthFiles) -> dict[str, str]:
+    doc = make_auth_json("acct-norefresh")
+    doc["tokens"]["refresh_token"] = ""
+    (tmp_path / "a-directory").mkdir()
+    paths = {
+        **{name: path for name, (path, _) in auth_files.items()},
+        "missing": tmp_path / "nope.json",
+        "directory": tmp_path / "a-directory",
+        "not_json": write_auth("{'tokens': 'single quotes'}"),
+        "not_codex": write_auth({"hello": "world"}),
+        "api_key": write_auth({"OPENAI_API_KEY": "sk-proj-0123456789abcdef", "tokens": None}),
+        "no_refresh": write_auth(doc),
+    }
+    return {name: str(path) for name, path in paths.items()}
+
+
+def add_reauth_account(state: State) -> None:
+    credentials = state.accounts[0].credentials.model_copy(update={"account_id": "acct-x"})
+    state.accounts.append(
+        Account(name="reauth", credentials=credentials, status=Status.REAUTH_REQUIRED)
+    )
+
+
+@pytest.mark.parametrize("case", list(MISTAKES))
+def test_a_mistake_exits_non_zero_with_one_line_and_changes_nothing(
+    cli: Cli, state_path: Path, auth_files: AuthFiles, bad_inputs: dict[str, str], case: str
+) -> None:
+    prepare(cli, auth_files)
+    StateFile(state_path).edit(add_reauth_account)
+    before = state_path.read_bytes()
+    result = cli(*(arg.format(**bad_inputs) for arg in MISTAKES[case]))
+    assert result.code != 0
+    assert result.out == ""
+    lines = result.err.splitlines()
+    assert len(lines) == 1, result.err
+    assert lines[0].strip() and "Traceback" not in result.err
+    assert state_path.read_bytes() == before
+    assert "sk-proj" not in result.err
+    assert_no_secret(auth_files, result.err)
+
+
+def test_commands_on_a_missing_state_file_fail_without_creating_it(
+    cli: Cli, state_path: Path
+) -> None:
+    for command in (["pause", "x"], ["resume", "x"], ["remove", "x"]):
+        result = cli(*command)
+        assert result.code == 1 and len(result.err.splitlines()) == 1
+        assert "import" in result.err
+    assert not state_path.exists()
+
+
+def test_a_failed_import_into_a_missing_state_file_creates_nothing(
+    cli: Cli, state_path: Path, auth_files: AuthFiles
+) -> None:
+    result = cli("import", auth_files["pro1"][0], "--name", "bad name")
+    assert result.code == 1 and len(result.err.splitlines()) == 1
+    assert not state_path.exists()
+
+
+@pytest.mark.parametrize(
+    "command", [["status"], ["status", "--json"], ["pause", "a"], ["remove", "a"]]
+)
+def test_a_corrupt_state_file_is_one_line_and_left_alone(
+    cli: Cli, state_path: Path, command: list[str]
+) -> None:
+    state_path.parent.mkdir(parents=True)
+    state_path.write_bytes(b"[[accounts]\nname = 'a'\n")
+    result = cli(*command)
+    assert result.code == 1
+    assert len(result.err.splitlines()) == 1 and "Traceback" not in result.err
+    assert str(state_path) in result.err and "line" in result.err
+    assert state_path.read_bytes() == b"[[accounts]\nname = 'a'\n"
+
+
+# -- the entry point -------------------------------------------------------------------------
+
+
+def run_module(*args: str | Path, home: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HOME": str(home), "PYTHONPATH": str(REPO), "NO_COLOR": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "addon", *map(str, args)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_python_m_addon_runs_the_cli(
+    tmp_path: Path, state_path: Path, auth_files: AuthFiles, cli: Cli
+) -> None:
+    assert cli("import", auth_files["pro1"][0], "--name", "work").code == 0
+    before = state_path.read_bytes()
+    done = run_module("--state", state_path, "status", "--json", home=tmp_path)
+    assert done.returncode == 0, done.stderr
+    [row] = json.loads(done.stdout)["accounts"]
+    assert (row["name"], row["plan"]) == ("work", "pro")
+    failed = run_module("--state", state_path, "pause", "ghost", home=tmp_path)
+    assert failed.returncode == 1
+    assert len(failed.stderr.splitlines()) == 1 and "ghost" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert state_path.read_bytes() == before
+    assert_no_secret(auth_files, done.stdout, done.stderr, failed.stderr)
