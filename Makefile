@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test demo lint format bench clean
+.PHONY: test demo lint format bench screenshots clean
 
 $(BIN)/mitmdump: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ format: $(BIN)/mitmdump
 
 demo: $(BIN)/mitmdump
 	$(BIN)/python -m tests.demo
+
+screenshots: $(BIN)/mitmdump
+	$(BIN)/python docs/screenshots.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,4 +1,9 @@
-"""Recent usage per account, for the dashboard's chart. Bounded: memory never grows."""
+"""Recent usage per account, for the dashboard's chart. Bounded: memory never grows.
+
+Each account keeps at most one point per `spacing` seconds (a newer report within that time
+replaces the values of the last point, so the latest value always shows) and only the points of
+the last `max_age` seconds; an account that reports nothing for `max_age` is forgotten.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +12,44 @@ from collections import deque
 MAX_AGE = 6 * 3600  # seconds of history kept
 SPACING = 30.0  # at most one point per account per this many seconds
 
+Point = tuple[float, float | None, float | None]  # (time, 5 h used %, weekly used %)
+
 
 class History:
     def __init__(self, max_age: float = MAX_AGE, spacing: float = SPACING) -> None:
+        if max_age <= 0 or spacing <= 0:
+            raise ValueError("max_age and spacing must be positive")
         self.max_age = max_age
         self.spacing = spacing
-        self.series: dict[str, deque[tuple[float, float | None, float | None]]] = {}
+        self.series: dict[str, deque[Point]] = {}
 
-    def add(self, account_id: str, now: float, primary: float | None, secondary: float | None):  # type: ignore[no-untyped-def]
-        points = self.series.setdefault(
-            account_id, deque(maxlen=int(self.max_age / self.spacing) + 1)
-        )
+    @property
+    def max_points(self) -> int:
+        return int(self.max_age / self.spacing) + 1
+
+    def add(
+        self, account_id: str, now: float, primary: float | None, secondary: float | None
+    ) -> None:
+        points = self.series.get(account_id)
+        if points is None:
+            points = self.series[account_id] = deque(maxlen=self.max_points)
         if points and now - points[-1][0] < self.spacing:
             points[-1] = (points[-1][0], primary, secondary)  # keep the latest value
-        else:
-            points.append((now, primary, secondary))
+            return
+        points.append((now, primary, secondary))
+        self._forget_quiet(now)
 
-    def points(self, account_id: str, now: float) -> list[tuple[float, float | None, float | None]]:
-        return [p for p in self.series.get(account_id, ()) if now - p[0] <= self.max_age]
+    def _forget_quiet(self, now: float) -> None:
+        """Drop the series of accounts that reported nothing for max_age (removed ones)."""
+        quiet = [key for key, pts in self.series.items() if pts and now - pts[-1][0] > self.max_age]
+        for key in quiet:
+            del self.series[key]
+
+    def forget(self, account_id: str) -> None:
+        self.series.pop(account_id, None)
+
+    def points(self, account_id: str, now: float) -> list[Point]:
+        """The account's points of the last max_age seconds, oldest first."""
+        # tuple() copies the deque in one step: safe even if another thread appends meanwhile.
+        points = tuple(self.series.get(account_id, ()))
+        return [p for p in points if now - p[0] <= self.max_age]
