@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
 
+from addon.cli import main
 from addon.state import Account, Block, Credentials, Plan, Status, Window
-from tests.fakes.jwt import make_access_token
+from tests.fakes.jwt import make_access_token, make_auth_json
 
 # A fixed "now" for everything that takes a clock: 2027-01-15, far from any epoch edge.
 NOW = 1_800_000_000.0
@@ -130,3 +132,39 @@ def write_auth(tmp_path: Path) -> WriteAuth:
         return path
 
     return write
+
+
+@dataclass(frozen=True)
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+Cli = Callable[..., Result]
+AuthFiles = dict[str, tuple[Path, dict[str, Any]]]
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], state_path: Path) -> Cli:
+    """Runs the CLI's `main([...])` against the test's state file: code, stdout, stderr."""
+
+    def run(*args: str | Path) -> Result:
+        try:
+            code = main(["--state", str(state_path), *map(str, args)])
+        except SystemExit as e:  # argparse's own errors
+            code = e.code if isinstance(e.code, int) else 1
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture
+def auth_files(write_auth: WriteAuth) -> AuthFiles:
+    """Three Codex logins: name -> (path of its auth.json, the document)."""
+    files: AuthFiles = {}
+    for name, plan in (("pro1", "pro"), ("plus1", "plus"), ("plus2", "plus")):
+        doc = make_auth_json(f"acct-{name}", plan, email=f"{name}@example.com")
+        files[name] = (write_auth(doc, f"{name}.json"), doc)
+    return files

@@ -7,20 +7,17 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from addon.cli import main
 from addon.state import Account, Plan, State, Status, Window
 from addon.statefile import StateFile
 from tests.fakes.jwt import make_auth_json
 
 if TYPE_CHECKING:
-    from conftest import WriteAuth
+    from conftest import AuthFiles, Cli, WriteAuth
 
 REPO = Path(__file__).resolve().parents[2]
 JSON_KEYS = {
@@ -36,40 +33,6 @@ JSON_KEYS = {
 }
 
 
-@dataclass(frozen=True)
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-Cli = Callable[..., Result]
-AuthFiles = dict[str, tuple[Path, dict[str, Any]]]
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str], state_path: Path) -> Cli:
-    """Runs `main([...])` against the test's state file; returns code, stdout and stderr."""
-
-    def run(*args: str | Path) -> Result:
-        try:
-            code = main(["--state", str(state_path), *map(str, args)])
-        except SystemExit as e:  # argparse's own errors
-            code = e.code if isinstance(e.code, int) else 1
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
-
-    return run
-
-
-@pytest.fixture
-def auth_files(write_auth: WriteAuth) -> AuthFiles:
-    """Three Codex logins: name -> (path of its auth.json, the document)."""
-    files: AuthFiles = {}
-    for name, plan in (("pro1", "pro"), ("plus1", "plus"), ("plus2", "plus")):
-        doc = make_auth_json(f"acct-{name}", plan, email=f"{name}@example.com")
-        files[name] = (write_auth(doc, f"{name}.json"), doc)
-    return files
 
 
 def secrets_of(files: AuthFiles) -> list[str]:
