@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import ssl
 import time
 import urllib.error
@@ -24,6 +25,9 @@ CLIENT_ID = "app_EMoamEEZ73f0CkXaXp7hrann"  # the Codex CLI's public OAuth clien
 # Refresh this long before `exp`, like the Codex CLI does.
 MARGIN_SECONDS = 300
 TIMEOUT_SECONDS = 20.0
+
+# Tokens travel in HTTP headers: printable ASCII without spaces only.
+_TOKEN = re.compile(r"[!-~]{1,16384}")
 
 # Answers that mean "log in again": retrying can never help.
 PERMANENT_CODES = frozenset(
@@ -76,7 +80,7 @@ def error_code(body: bytes) -> str:
     """The error code of an OAuth error reply, in any of the shapes seen."""
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return ""
     if not isinstance(data, dict):
         return ""
@@ -103,23 +107,28 @@ def classify(status: int, body: bytes) -> RefreshFailed:
 def parse_success(body: bytes, old: Credentials, now: float) -> Refreshed | RefreshFailed:
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return RefreshFailed(False, "token refresh answered something that is not JSON")
     access = data.get("access_token") if isinstance(data, dict) else None
-    if not isinstance(access, str) or not access:
-        return RefreshFailed(False, "token refresh answered without an access token")
+    if not isinstance(access, str) or not _TOKEN.fullmatch(access):
+        return RefreshFailed(False, "token refresh answered without a usable access token")
     refresh = data.get("refresh_token")
+    refresh = refresh if isinstance(refresh, str) and _TOKEN.fullmatch(refresh) else None
     id_token = data.get("id_token")
-    id_token = id_token if isinstance(id_token, str) and id_token else old.id_token
+    id_token = id_token if isinstance(id_token, str) and _TOKEN.fullmatch(id_token) else None
+    id_token = id_token or old.id_token
     claims = auth_claims(id_token) or auth_claims(access)
-    credentials = Credentials(
-        access_token=access,
-        refresh_token=refresh if isinstance(refresh, str) and refresh else old.refresh_token,
-        id_token=id_token,
-        account_id=old.account_id or str(claims.get("chatgpt_account_id") or ""),
-        expires_at=token_expiry(access),
-        updated_at=now,
-    )
+    try:
+        credentials = Credentials(
+            access_token=access,
+            refresh_token=refresh or old.refresh_token,
+            id_token=id_token,
+            account_id=old.account_id or str(claims.get("chatgpt_account_id") or ""),
+            expires_at=token_expiry(access),
+            updated_at=now,
+        )
+    except ValueError:  # pydantic refused a field: never use half-valid tokens
+        return RefreshFailed(False, "token refresh answered tokens that cannot be stored")
     plan = Plan.parse(claims["chatgpt_plan_type"]) if "chatgpt_plan_type" in claims else None
     email = jwt_claims(id_token).get("email")
     return Refreshed(credentials, plan, email if isinstance(email, str) else None)
@@ -147,8 +156,12 @@ def post_refresh(
         with opener.open(request, timeout=TIMEOUT_SECONDS) as reply:
             return parse_success(reply.read(1024 * 1024), credentials, time.time())
     except urllib.error.HTTPError as e:
-        return classify(e.code, e.read(64 * 1024) if e.fp else b"")
-    except (OSError, ValueError) as e:  # timeouts, refused connections, TLS errors
+        try:
+            return classify(e.code, e.read(64 * 1024) if e.fp else b"")
+        except (OSError, ValueError, RecursionError):
+            return RefreshFailed(False, f"token refresh failed (HTTP {e.code})")
+    except (OSError, ValueError, TypeError, RecursionError) as e:
+        # Timeouts, refused connections, TLS errors, answers that are not what they claim.
         return RefreshFailed(False, f"token refresh failed: {e.__class__.__name__}")
 
 

@@ -62,6 +62,11 @@ def comment(account: Account, strategy: Strategy, note: str = "") -> str:
     return " · ".join(parts)
 
 
+def _body(response: http.Response) -> bytes:
+    """The decoded body; as sent when its content-encoding lies (never raises)."""
+    return response.get_content(strict=False) or b""
+
+
 def json_response(status: int, body: dict[str, Any]) -> http.Response:
     return http.Response.make(status, json.dumps(body), {"content-type": "application/json"})
 
@@ -76,6 +81,8 @@ class Router:
         self._task: asyncio.Task[None] | None = None
         # The client's request as it arrived, per in-flight routed flow, for failover.
         self._pristine: dict[str, http.Request] = {}
+        # Routed flows whose request still carries a pooled token (masked when answered).
+        self._unmasked: dict[str, http.HTTPFlow] = {}
 
     # -- options ---------------------------------------------------------------------------
     def load(self, loader):  # type: ignore[no-untyped-def]
@@ -187,6 +194,9 @@ class Router:
             self._task = asyncio.get_running_loop().create_task(self.saver.run())
 
     def done(self) -> None:
+        # Flows still in flight are written to `-w` files at shutdown: mask them first.
+        for flow in list(self._unmasked.values()):
+            self._mask(flow)
         if self._task is not None:
             self._task.cancel()
             self._task = None
@@ -251,7 +261,10 @@ class Router:
                     return
                 choice = decision
             if await self._fresh(choice.account):
-                break
+                current = self.pool.by_id(choice.account.id)  # adopt() may have replaced it
+                if current is not None:
+                    choice = Choice(current, choice.strategy, choice.reason)
+                    break
             if pinned:
                 self._answer(flow, answers.unavailable("refresh_failed", "token refresh failed"))
                 return
@@ -270,6 +283,7 @@ class Router:
             "conversation": conversation or "",
         }
         self._apply(flow, account.credentials)
+        self._unmasked[flow.id] = flow
         self.pool.record_route(account, now)
         if choice.reason.startswith("moved"):
             logger.warning("quota-router: conversation %s", choice.reason)
@@ -322,6 +336,7 @@ class Router:
         result = await self.refresher.refresh(account.id, account.credentials)
         if isinstance(result, Refreshed):
             return True
+        account = self.pool.by_id(account.id) or account  # adopt() may have replaced it
         if result.permanent:
             self.pool.mark(account, Status.REAUTH_REQUIRED, result.reason)
             logger.error("quota-router: %s needs a new login (%s)", account.name, result.reason)
@@ -362,6 +377,7 @@ class Router:
         account = self._account(flow)
         if account is None:
             return
+        self._mask(flow)  # sent: a long stream must not keep the token in view meanwhile
         now = time.time()
         report = usage.from_headers(flow.response.headers, now)
         if report is not None:
@@ -392,7 +408,8 @@ class Router:
         pristine = self._pristine.pop(flow.id, None)
         try:
             self._learn(flow, account)
-            reason = routing.retry_reason(flow.response.status_code, flow.response.content)
+            body = _body(flow.response)
+            reason = routing.retry_reason(flow.response.status_code, body)
             if reason is not None and pristine is not None:
                 await self._failover(flow, account, pristine, reason)
             elif reason is not None and reason.startswith("401") and RETRY not in flow.metadata:
@@ -403,13 +420,11 @@ class Router:
             elif (
                 flow.response.status_code == 200
                 and routing.is_accounts_check(flow.request.path)
-                and flow.response.content
+                and body
             ):
                 info = flow.metadata[META]
                 mapped = routing.map_account_ids(
-                    flow.response.content,
-                    account.credentials.account_id,
-                    info["client_account_id"],
+                    body, account.credentials.account_id, info["client_account_id"]
                 )
                 if mapped is not None:
                     flow.response.content = mapped
@@ -421,8 +436,8 @@ class Router:
         assert flow.response is not None
         response, now = flow.response, time.time()
         status = response.status_code
-        if status == 429 or (status in (402, 403) and response.content):
-            content = response.content or b""
+        content = _body(response)
+        if status == 429 or (status in (402, 403) and content):
             hit = (
                 usage.from_status_429(content, now)
                 if status == 429
@@ -446,13 +461,9 @@ class Router:
             )
         elif status < 400:
             self.pool.record_success(account)
-            if (
-                RETRY in flow.metadata
-                and response.content
-                and b"codex.rate_limits" in (response.content)
-            ):
+            if RETRY in flow.metadata and b"codex.rate_limits" in content:
                 tap = SSETap(lambda event: self._learn_event(account.id, event))
-                tap.feed(response.content)
+                tap.feed(content)
                 tap.feed(b"\n\n")
 
     async def _failover(
@@ -489,11 +500,12 @@ class Router:
                 target = decision.account
             note = f"failover {first.name} → {target.name} after {reason}"
             copy = await self._replay(flow, pristine, target, note)
+            target = self.pool.by_id(target.id) or target  # adopt() may have replaced it
             if copy.response is None:
                 self.pool.record_error(target, time.time())
                 reason = "connection failed"
             else:
-                next_reason = routing.retry_reason(copy.response.status_code, copy.response.content)
+                next_reason = routing.retry_reason(copy.response.status_code, _body(copy.response))
                 if next_reason is None:
                     flow.response = copy.response
                     flow.marked = ":repeat:"
@@ -571,6 +583,7 @@ class Router:
 
     def _mask(self, flow: http.HTTPFlow) -> None:
         """Keep the pooled token out of flow files, HAR exports and mitmweb once it is sent."""
+        self._unmasked.pop(flow.id, None)
         if META not in flow.metadata and RETRY not in flow.metadata:
             return
         value = flow.request.headers.get("authorization", "")

@@ -24,7 +24,7 @@ def _finite(v: float) -> float:
 
 Percent = Annotated[float, Field(ge=0, le=100), AfterValidator(_finite)]
 Epoch = Annotated[int, Field(ge=0, lt=2**40)]
-Stamp = Annotated[float, Field(ge=0), AfterValidator(_finite)]
+Stamp = Annotated[float, Field(ge=0, lt=2**40), AfterValidator(_finite)]
 
 
 class Plan(StrEnum):
