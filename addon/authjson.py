@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,9 @@ _FIELDS = {
     "id_token": ("id_token", "idToken"),
     "account_id": ("account_id", "accountId"),
 }
+
+
+_HEADER_SAFE = re.compile(r"[!-~]+")
 
 
 class AuthFileError(Exception):
@@ -56,17 +60,29 @@ def parse_auth(data: Any, source: str) -> Imported:
         raise AuthFileError(f'{source}: no refresh token in "tokens" (log in again with codex)')
     id_claims = jwt_claims(fields["id_token"]) if fields["id_token"] else {}
     claims = auth_claims(fields["id_token"]) or auth_claims(fields["access_token"])
-    account_id = fields["account_id"] or str(claims.get("chatgpt_account_id") or "")
+    fields["account_id"] = fields["account_id"] or str(claims.get("chatgpt_account_id") or "")
+    for field, value in fields.items():
+        # Tokens and the account id travel in HTTP headers: printable ASCII without spaces
+        # only (a CR/LF would inject a header; other characters cannot even be stored).
+        if value and not _HEADER_SAFE.fullmatch(value):
+            label = field.replace("_", " ")
+            raise AuthFileError(f'{source}: the {label} in "tokens" is not a valid token')
     email = id_claims.get("email") or jwt_claims(fields["access_token"]).get("email") or ""
     credentials = Credentials(
         access_token=fields["access_token"],
         refresh_token=fields["refresh_token"],
         id_token=fields["id_token"],
-        account_id=account_id,
+        account_id=fields["account_id"],
         expires_at=token_expiry(fields["access_token"]),
         updated_at=time.time(),
     )
-    return Imported(credentials, Plan.parse(claims.get("chatgpt_plan_type")), str(email)[:200])
+    plan = Plan.parse(claims.get("chatgpt_plan_type"))
+    return Imported(credentials, plan, _printable(str(email))[:200])
+
+
+def _printable(text: str) -> str:
+    """Without control characters (terminal escapes) and lone surrogates (unstorable)."""
+    return "".join(c for c in text if c.isprintable() and not "\ud800" <= c <= "\udfff")
 
 
 def read_auth_file(path: Path) -> Imported:

@@ -33,8 +33,6 @@ JSON_KEYS = {
 }
 
 
-
-
 def secrets_of(files: AuthFiles) -> list[str]:
     out = []
     for _, doc in files.values():

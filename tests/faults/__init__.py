@@ -1,0 +1,3 @@
+"""Fault tests: crashes, concurrent writers, failing disks, hand edits, fuzzing, bad input,
+misbehaving upstreams, secrets and host binding. They try to break the durability and security
+guarantees (see /tmp/qr/README-guarantees.md for the list)."""
