@@ -32,6 +32,13 @@ def conversation_key(headers: Mapping[str, str], body_cache_key: str | None = No
     return _hash("t", turn_state) if turn_state else None
 
 
+def client_key(headers: Mapping[str, str]) -> str | None:
+    """A key for the client itself: its own account id (a placeholder login's is unique), so
+    its calls outside a conversation stay on the account its conversations use."""
+    account_id = headers.get("chatgpt-account-id")
+    return _hash("k", account_id) if account_id else None
+
+
 def _hash(kind: str, value: str) -> str:
     return hashlib.sha256(f"{kind}:{value}".encode()).hexdigest()[:32]
 

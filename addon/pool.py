@@ -16,6 +16,7 @@ from typing import Any
 from addon import answers, selection
 from addon.affinity import Affinity
 from addon.history import History
+from addon.index import FALLBACK, AccountIndex
 from addon.merge import merge
 from addon.selection import Strategy
 from addon.state import Account, Backoff, Block, State, Status, Window
@@ -48,11 +49,18 @@ class Pool:
         # count instead of overwriting it, so two writers never lose each other's counts.
         self.unsaved_requests: Counter[str] = Counter()
         self.changes = 0  # bumped on every change; the saver compares it
+        # What changed since the last save, so a save redoes only that (the saver takes and
+        # resets these; None: unknown, check everything).
+        self.unsaved_accounts: set[str] | None = set()
+        self.unsaved_conversations: dict[str, None] | None = {}  # keys, in the order set
         self.affinity = Affinity()
         self.affinity.load(self.state.conversations, time.time())
         self.probe_interval = DEFAULT_PROBE_INTERVAL
         self.last_probe = 0.0
-        self._index = {a.id: a for a in self.accounts}
+        self._by_id = {a.id: a for a in self.accounts}
+        # What choose() decides from: built on the first decision (the CLI's short-lived
+        # pools never pay for it), kept up to date by _changed() on every change that matters.
+        self._fast: AccountIndex | None = None
         self.history = History()
 
     # -- reading --------------------------------------------------------------------------
@@ -68,7 +76,7 @@ class Pool:
         return account
 
     def by_id(self, account_id: str) -> Account | None:
-        return self._index.get(account_id)
+        return self._by_id.get(account_id)
 
     @property
     def version(self) -> int:
@@ -82,25 +90,71 @@ class Pool:
         now: float,
         conversation: str | None = None,
         exclude: Collection[str] = (),
+        probe: bool = True,
     ) -> Choice | answers.Refusal:
+        """The account for a request. `probe`: whether this request may probe a blocked pool
+        (only model requests can tell whether a limit has lifted)."""
         reason = ""
         if conversation is not None:
             owner = self.by_id(self.affinity.get(conversation, now) or "")
             if owner is not None:
                 why = selection.skip_reason(owner, now)
                 if why is None and owner.id not in exclude:
-                    self.affinity.set(conversation, owner.id, now)
+                    self._set_owner(conversation, owner, now)
                     return Choice(owner, strategy, "affinity")
                 reason = f"moved from {owner.name}: {why or 'failed over'}"
-        account = selection.choose(strategy, self.accounts, now, self.rng, exclude)
+        account = self._select(strategy, now, exclude)
         if account is None:
-            account = self._probe(now, exclude)
+            account = self._probe(now, exclude) if probe else None
             if account is None:
                 return self.refusal(now)
             reason = "probe"
         if conversation is not None:
-            self.affinity.set(conversation, account.id, now)
+            self._set_owner(conversation, account, now)
         return Choice(account, strategy, reason)
+
+    def _set_owner(self, conversation: str, account: Account, now: float) -> None:
+        self.affinity.set(conversation, account.id, now)
+        touched = self.unsaved_conversations
+        if touched is not None:
+            touched.pop(conversation, None)  # last set last, as in the affinity table
+            touched[conversation] = None
+            if len(touched) > self.affinity.capacity:  # nobody saves: stop keeping track
+                self.unsaved_conversations = None
+
+    def _select(self, strategy: Strategy, now: float, exclude: Collection[str]) -> Account | None:
+        """selection.choose over the pool, from the index: O(log n) instead of O(n)."""
+        fast = self._fast
+        if fast is None or fast.stale(self.accounts):
+            fast = self._fast = AccountIndex(self.accounts, now)
+        account = fast.choose(strategy, now, self.rng, exclude)
+        if account is FALLBACK:
+            return selection.choose(strategy, self.accounts, now, self.rng, exclude)
+        return account  # type: ignore[no-any-return]
+
+    def _changed(self, account: Account, choosing: bool = True) -> None:
+        """Count a change worth saving; re-index the account when `choosing` may depend on it.
+        Every change to an account goes through here."""
+        self.changes += 1
+        if self.unsaved_accounts is not None:
+            self.unsaved_accounts.add(account.id)
+        if choosing and self._fast is not None:
+            self._fast.touch(account)
+
+    def choose_any(self, strategy: Strategy, now: float, key: str | None = None) -> Choice | None:
+        """For calls that use no model quota (models list, accounts/check, plugins): the
+        account the key's conversations use, else what `choose` picks, else, when every account
+        is limited, any account with a working login (these calls do not need quota)."""
+        decision = self.choose(strategy, now, key, probe=False)
+        if isinstance(decision, Choice):
+            return decision
+        usable = [a for a in self.accounts if a.status is Status.ACTIVE]
+        if not usable:
+            return None
+        account = min(usable, key=lambda a: selection.fill_first_key(a, now))
+        if key is not None:
+            self._set_owner(key, account, now)
+        return Choice(account, Strategy.FILL_FIRST, "not a model request")
 
     def owner(self, conversation: str | None, now: float) -> Account | None:
         """The account that holds this conversation, if any."""
@@ -169,7 +223,7 @@ class Pool:
         account.requests += 1
         account.last_used_at = int(now)
         self.unsaved_requests[account.id] += 1
-        self.changes += 1
+        self._changed(account, choosing=False)
 
     def record_usage(self, account: Account, report: UsageReport, now: float) -> None:
         if report.primary:
@@ -188,7 +242,7 @@ class Pool:
             account.primary.used_percent if account.primary else None,
             account.secondary.used_percent if account.secondary else None,
         )
-        self.changes += 1
+        self._changed(account)
 
     def record_limit(self, account: Account, hit: LimitHit, now: float) -> None:
         if hit.usage:
@@ -196,20 +250,20 @@ class Pool:
         account.block = Block(until=hit.resets_at, reason=hit.kind[:200], observed_at=now)
         # Fresh news of a limit is as good as a probe: the next one waits a full interval.
         self.last_probe = max(self.last_probe, now)
-        self.changes += 1
+        self._changed(account)
 
     def record_error(self, account: Account, now: float) -> float:
         """An upstream error without a reset time: back off, longer each time. Returns until."""
         errors = account.backoff.errors + 1 if account.backoff else 1
         delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (errors - 1))
         account.backoff = Backoff(errors=errors, until=now + delay, observed_at=now)
-        self.changes += 1
+        self._changed(account)
         return now + delay
 
     def record_success(self, account: Account) -> None:
         if account.backoff is not None:
             account.backoff = None
-            self.changes += 1
+            self._changed(account)
 
     def set_credentials(self, account: Account, refreshed: Any) -> None:
         account.credentials = refreshed.credentials
@@ -217,7 +271,7 @@ class Pool:
             account.plan = refreshed.plan
         if refreshed.email:
             account.email = refreshed.email
-        self.changes += 1
+        self._changed(account)  # the plan sets the weight
 
     # -- operator changes -----------------------------------------------------------------
     def pause(self, name: str) -> Account:
@@ -255,7 +309,7 @@ class Pool:
         for key in changes:
             setattr(account, key, getattr(checked, key))
         account.settings_at = time.time()
-        self.changes += 1
+        self._changed(account)
         return account
 
     def rename(self, old: str, new: str) -> Account:
@@ -271,7 +325,7 @@ class Pool:
             ) from None
         account.name = new
         account.settings_at = time.time()
-        self.changes += 1
+        self._changed(account)  # the name breaks fill_first ties
         return account
 
     def set_status(self, name: str, status: Status, reason: str = "") -> Account:
@@ -281,14 +335,16 @@ class Pool:
         account.status = status
         account.status_reason = reason[:300]
         account.status_at = time.time()
-        self.changes += 1
+        self._changed(account)
         return account
 
     def adopt(self, theirs: State) -> None:
         """Take in what another writer (the CLI, a second proxy) put in the file."""
         # No change count here: the file already holds what this process had when it saved.
         self.state = merge(self.state, theirs, self.unsaved_requests, self.affinity.table)
-        self._index = {a.id: a for a in self.accounts}
+        self._by_id = {a.id: a for a in self.accounts}
+        self._fast = None  # new account objects: the next decision re-indexes them
+        self.unsaved_accounts = self.unsaved_conversations = None  # the next save checks all
         self.affinity.load(self.state.conversations, time.time())
 
     # -- showing --------------------------------------------------------------------------
@@ -328,7 +384,9 @@ def display_status(account: Account, now: float) -> str:
 
 def status_row(account: Account, now: float, next_pick: bool = False) -> dict[str, Any]:
     def pct(window: Window | None) -> float | None:
-        return window.used_percent if window else None
+        if window is None:
+            return None
+        return 0.0 if window.reset_at and window.reset_at <= now else window.used_percent
 
     def reset(window: Window | None) -> int | None:
         return window.reset_at if window and window.reset_at and window.reset_at > now else None

@@ -23,7 +23,7 @@ from mitmproxy import command, ctx, exceptions, http  # noqa: E402
 from mitmproxy.addons.clientplayback import ReplayHandler  # noqa: E402
 
 from addon import answers, placeholder, routing, usage  # noqa: E402
-from addon.affinity import conversation_key  # noqa: E402
+from addon.affinity import client_key, conversation_key  # noqa: E402
 from addon.dashboard import Dashboard  # noqa: E402
 from addon.pool import Choice, Pool, PoolError  # noqa: E402
 from addon.refresh import (  # noqa: E402
@@ -241,6 +241,8 @@ class Router:
         is_websocket = req.headers.get("upgrade", "").lower() == "websocket"
         body = b"" if is_websocket else (req.get_content(strict=False) or b"")
         conversation = conversation_key(req.headers, routing.prompt_cache_key(body))
+        model = routing.is_model_request(req.path)
+        client = client_key(req.headers)
         pinned = flow.metadata.get(RETRY)
 
         for _ in range(len(self.pool.accounts) + 1):
@@ -251,12 +253,12 @@ class Router:
                     return
                 choice = Choice(account, self.strategy, pinned.get("note", "failover"))
             else:
-                refusal = self._bound_elsewhere(body, conversation, now)
-                if refusal is not None:
-                    self._answer(flow, refusal)
-                    return
-                decision = self.pool.choose(self.strategy, now, conversation)
+                decision = self._decide(body, conversation, model, client, now)
                 if not isinstance(decision, Choice):
+                    if is_websocket:
+                        # A refused handshake ends Codex's turn with "exceeded retry limit";
+                        # a 426 sends it to HTTP, where this answer shows as it should.
+                        decision = answers.Refusal(426, decision.body, decision.reason)
                     self._answer(flow, decision)
                     return
                 choice = decision
@@ -281,7 +283,10 @@ class Router:
             "client_account_id": req.headers.get("chatgpt-account-id", ""),
             "credentials_at": account.credentials.updated_at,
             "conversation": conversation or "",
+            "probe": choice.reason == "probe",
         }
+        if model and client is not None and not pinned:
+            self.pool.affinity.set(client, account.id, now)  # the client's other calls follow
         self._apply(flow, account.credentials)
         self._unmasked[flow.id] = flow
         self.pool.record_route(account, now)
@@ -295,6 +300,24 @@ class Router:
             account.name,
             flow.comment,
         )
+
+    def _decide(
+        self,
+        body: bytes,
+        conversation: str | None,
+        model: bool,
+        client: str | None,
+        now: float,
+    ) -> Choice | answers.Refusal:
+        if not model:
+            # No quota spent: limits do not matter, a working login does. Codex fails the whole
+            # run when accounts/check or the models list is refused, even to say "limit".
+            key = conversation or client
+            return self.pool.choose_any(self.strategy, now, key) or self.pool.refusal(now)
+        refusal = self._bound_elsewhere(body, conversation, now)
+        if refusal is not None:
+            return refusal
+        return self.pool.choose(self.strategy, now, conversation)
 
     def _bound_elsewhere(
         self, body: bytes, conversation: str | None, now: float
@@ -406,6 +429,8 @@ class Router:
         if account is None:
             return
         pristine = self._pristine.pop(flow.id, None)
+        if flow.metadata[META].get("probe") and flow.response.status_code == 426:
+            self.pool.last_probe = 0.0  # the handshake told nothing about limits: next may probe
         try:
             self._learn(flow, account)
             body = _body(flow.response)

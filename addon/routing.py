@@ -23,6 +23,11 @@ def is_routed(scheme: str, host: str, port: int, path: str, headers: Mapping[str
     return path.startswith("/backend-api/") and headers.get("originator", "").startswith("codex")
 
 
+def is_model_request(path: str) -> bool:
+    """A request that spends model quota (a turn, a compaction); the rest do not."""
+    return path.split("?", 1)[0].startswith("/backend-api/codex/responses")
+
+
 def is_accounts_check(path: str) -> bool:
     return path.split("?", 1)[0] == ACCOUNTS_CHECK
 
@@ -37,7 +42,7 @@ def map_account_ids(body: bytes, pooled_id: str, client_id: str) -> bytes | None
         return None
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         return None
     changed = False
 
@@ -52,8 +57,11 @@ def map_account_ids(body: bytes, pooled_id: str, client_id: str) -> bytes | None
             return client_id
         return node
 
-    mapped = walk(data)
-    return json.dumps(mapped).encode() if changed else None
+    try:
+        mapped = walk(data)
+        return json.dumps(mapped).encode() if changed else None
+    except RecursionError:  # nested just below json's limit, but deeper than walk() can go
+        return None
 
 
 # -- request bodies ---------------------------------------------------------------------------
@@ -99,7 +107,7 @@ def _error_type(body: bytes | None) -> str | None:
         return None
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         return None
     error = data.get("error") if isinstance(data, dict) else None
     if isinstance(error, dict):

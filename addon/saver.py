@@ -3,19 +3,45 @@
 A background task wakes every `interval` seconds; when the pool changed, or another writer
 changed the file, it merges and writes in a worker thread. Failures are loud, never fatal: the
 proxy keeps routing from memory and tries again on the next tick.
+
+The worker thread shares the GIL with the event loop, so its work is kept small: it redoes only
+what the pool says changed (statefile.StateFile.sync with `changed`; every FULL_CHECK_EVERY
+seconds, and after adopting another writer's file, it compares everything instead), and the
+saver waits at least 1/MAX_SHARE times as long as the last save took before the next one, so
+saving a very large pool never takes more than that share of the process's time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections import Counter
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 from addon.pool import Pool
+from addon.state import State
 from addon.statefile import StateFile, StateFileError
 
 logger = logging.getLogger(__name__)
+
+FULL_CHECK_EVERY = 60.0  # seconds between saves that compare every account
+MAX_SHARE = 0.02  # of the CPU time the saving thread may take, averaged over saves
+# While a save runs, the interpreter switches threads this often (default 5 ms): the event
+# loop, waiting for the GIL the saving thread holds, then waits at most this long.
+SWITCH_INTERVAL = 0.0005
+
+
+@contextmanager
+def _switching(interval: float) -> Iterator[None]:
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(min(previous, interval))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
 
 
 class Saver:
@@ -27,10 +53,12 @@ class Saver:
         self.error: str | None = None  # shown by `status` while saving fails
         self.error_since: float | None = None
         self._lock = asyncio.Lock()
+        self.cost = 0.0  # CPU seconds the last save took in its thread
+        self._last_full = 0.0  # time.monotonic() of the last save that compared everything
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(self.interval)
+            await asyncio.sleep(max(self.interval, self.cost / MAX_SHARE))
             try:
                 await self.tick()
             except Exception:  # the saver must outlive any surprise
@@ -46,13 +74,14 @@ class Saver:
         async with self._lock:
             changes = self.pool.version
             unsaved = self._take_unsaved()
-            conversations = self.pool.affinity.table.copy()  # O(n) but a C-level copy
+            changed, conversations = self._take_changes()
             try:
                 merged, external = await asyncio.to_thread(
-                    self.file.sync, self.pool.state, unsaved, conversations
+                    self._sync, unsaved, conversations, changed
                 )
             except (StateFileError, OSError) as e:
                 self.pool.unsaved_requests.update(unsaved)
+                self.pool.unsaved_accounts = self.pool.unsaved_conversations = None
                 self._failed(e)
                 return False
             self._saved(changes)
@@ -74,6 +103,37 @@ class Saver:
             return False
         self._saved(changes)
         return True
+
+    def _take_changes(self) -> tuple[set[str] | None, Mapping[str, tuple[str, float]]]:
+        """What changed since the last save: the ids of changed accounts (None: compare all)
+        and the conversations to merge (all of them, or only those set since)."""
+        pool, now = self.pool, time.monotonic()
+        changed, touched = pool.unsaved_accounts, pool.unsaved_conversations
+        pool.unsaved_accounts, pool.unsaved_conversations = set(), {}
+        table = pool.affinity.table
+        if (
+            changed is None
+            or touched is None
+            or now - self._last_full >= FULL_CHECK_EVERY
+            or self.file.changed_since_known()  # another writer: merge with everything
+        ):
+            self._last_full = now
+            return None, table.copy()  # O(n) but a C-level copy
+        return changed, {key: table[key] for key in touched if key in table}
+
+    def _sync(
+        self,
+        unsaved: Counter[str],
+        conversations: Mapping[str, tuple[str, float]],
+        changed: set[str] | None,
+    ) -> tuple[State, bool]:
+        """The worker thread's part, timed in CPU seconds."""
+        started = time.thread_time()
+        try:
+            with _switching(SWITCH_INTERVAL):
+                return self.file.sync(self.pool.state, unsaved, conversations, changed)
+        finally:
+            self.cost = time.thread_time() - started
 
     def _take_unsaved(self) -> Counter[str]:
         unsaved, self.pool.unsaved_requests = self.pool.unsaved_requests, Counter()

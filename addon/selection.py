@@ -29,9 +29,13 @@ WEEKLY_CAPACITY: dict[Plan, float] = {
 }
 
 
-def used(account: Account, which: str) -> float:
+def used(account: Account, which: str, now: float | None = None) -> float:
+    """A window's used percent; 0 once the window has reset (given `now`): stored usage from
+    before a reset must not keep an account capped or unweighted (a stale block)."""
     window = account.primary if which == "primary" else account.secondary
-    return window.used_percent if window else 0.0
+    if window is None or (now is not None and window.reset_at and window.reset_at <= now):
+        return 0.0
+    return window.used_percent
 
 
 def blocked_until(account: Account, now: float) -> int | None:
@@ -62,10 +66,10 @@ def skip_reason(account: Account, now: float) -> str | None:
     return None
 
 
-def capped(account: Account) -> bool:
+def capped(account: Account, now: float | None = None) -> bool:
     return (
-        used(account, "primary") >= account.max_primary_percent
-        or used(account, "secondary") >= account.max_secondary_percent
+        used(account, "primary", now) >= account.max_primary_percent
+        or used(account, "secondary", now) >= account.max_secondary_percent
     )
 
 
@@ -74,7 +78,7 @@ def candidates(
 ) -> list[Account]:
     """Eligible accounts in the best priority tier, preferring those under their caps."""
     eligible = [a for a in accounts if a.id not in exclude and skip_reason(a, now) is None]
-    uncapped = [a for a in eligible if not capped(a)]
+    uncapped = [a for a in eligible if not capped(a, now)]
     pool = uncapped or eligible
     if not pool:
         return []
@@ -82,35 +86,35 @@ def candidates(
     return [a for a in pool if a.priority == best]
 
 
-def fill_first_key(account: Account) -> tuple[float, float, str]:
+def fill_first_key(account: Account, now: float | None = None) -> tuple[float, float, str]:
     """Smallest key wins: the fullest 5 h window, then the fullest weekly window, then name."""
-    return (-used(account, "primary"), -used(account, "secondary"), account.name)
+    return (-used(account, "primary", now), -used(account, "secondary", now), account.name)
 
 
-def weight(account: Account) -> float:
-    if account.secondary is not None:
-        fraction = account.secondary.used_percent
-    elif account.primary is not None:
-        fraction = account.primary.used_percent
-    else:
-        fraction = 0.0
+def weight(account: Account, now: float | None = None) -> float:
+    # The weekly window; without one, the 5 h window stands in; without either, unused.
+    which = "secondary" if account.secondary is not None else "primary"
+    fraction = used(account, which, now)
     return WEEKLY_CAPACITY[account.plan] * (1 - min(fraction, 100.0) / 100)
 
 
-def least_used_key(account: Account) -> tuple[float, float, str]:
-    return (used(account, "secondary"), used(account, "primary"), account.name)
+def least_used_key(account: Account, now: float | None = None) -> tuple[float, float, str]:
+    return (used(account, "secondary", now), used(account, "primary", now), account.name)
 
 
 def pick(
-    strategy: Strategy, pool: Sequence[Account], rng: random.Random | None = None
+    strategy: Strategy,
+    pool: Sequence[Account],
+    rng: random.Random | None = None,
+    now: float | None = None,
 ) -> Account | None:
     if not pool:
         return None
     if strategy is Strategy.FILL_FIRST:
-        return min(pool, key=fill_first_key)
-    weights = [weight(a) for a in pool]
+        return min(pool, key=lambda a: fill_first_key(a, now))
+    weights = [weight(a, now) for a in pool]
     if sum(weights) <= 0:
-        return min(pool, key=least_used_key)
+        return min(pool, key=lambda a: least_used_key(a, now))
     return (rng or random).choices(pool, weights=weights, k=1)[0]
 
 
@@ -121,4 +125,4 @@ def choose(
     rng: random.Random | None = None,
     exclude: Collection[str] = (),
 ) -> Account | None:
-    return pick(strategy, candidates(accounts, now, exclude), rng)
+    return pick(strategy, candidates(accounts, now, exclude), rng, now)

@@ -8,12 +8,12 @@ can share one file: each writer reads what is there, merges or edits, and writes
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
+import secrets
 import time
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +22,7 @@ import tomli_w
 
 from addon.merge import merge
 from addon.state import State
+from addon.synccache import SyncCache
 
 try:
     import fcntl
@@ -33,6 +34,9 @@ HEADER = (
     "# The proxy rewrites this file; edit it only while the proxy is stopped, or use the CLI.\n"
 )
 LOCK_TIMEOUT = 15.0
+# Temp files are `.<name>.<pid>.<hex>`; this matches the part after `.<name>.`.
+_TEMP_SUFFIX = re.compile(r"\d+\.[0-9a-f]{8,32}")
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 DEFAULT_NAME = "router-state.toml"
 DEFAULT_CONFDIR = "~/.mitmproxy"  # mitmproxy's own default confdir
 
@@ -91,6 +95,8 @@ def parse(text: str, path: Path) -> State:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise StateFileError(f"{path}: not valid TOML: {e}") from None
+    except RecursionError:  # tomllib recurses into nested arrays and inline tables
+        raise StateFileError(f"{path}: not valid TOML: nested too deeply") from None
     try:
         return State.model_validate(data)
     except pydantic.ValidationError as e:
@@ -101,16 +107,37 @@ def dumps(state: State) -> str:
     return HEADER + tomli_w.dumps(state.model_dump(mode="json", exclude_none=True))
 
 
+# Pieces are joined into writes of about this size: few system calls, and no single step that
+# holds the GIL for long (the event loop keeps running while a worker thread saves).
+WRITE_BATCH = 256 * 1024
+
+
+def _batches(pieces: list[bytes]) -> Iterator[bytes]:
+    if len(pieces) == 1:
+        yield pieces[0]
+        return
+    step = max(1, WRITE_BATCH * len(pieces) // max(1, sum(map(len, pieces))))
+    for start in range(0, len(pieces), step):
+        yield b"".join(pieces[start : start + step])
+
+
 class StateFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.lock_path = path.with_name(path.name + ".lock")
         # What this process last read or wrote, to skip re-reading an unchanged file.
         self._known: tuple[Fingerprint, State] | None = None
+        # What sync() merged and wrote last: the next sync redoes only what changed.
+        self._cache = SyncCache()
+        self._swept = False  # stale temp files removed (once per instance, at the first write)
 
     # -- reading ---------------------------------------------------------------------------
     def read(self) -> State | None:
         """The state on disk, or None when there is no file. Raises StateFileError."""
+        text = self._read_text()
+        return None if text is None else parse(text, self.path)
+
+    def _read_text(self) -> str | None:
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
@@ -118,20 +145,23 @@ class StateFile:
         except OSError as e:
             raise StateFileError(f"{self.path}: cannot read: {e.strerror}") from None
         try:
-            text = raw.decode("utf-8")
+            return raw.decode("utf-8")
         except UnicodeDecodeError as e:
             raise StateFileError(f"{self.path}: not UTF-8 text (byte {e.start})") from None
-        return parse(text, self.path)
 
     def load(self) -> State:
-        """The state on disk (empty when missing), remembered as this process's known state."""
-        with self.locked():
-            before = fingerprint(self.path)
-            state = self.read() or State()
-            if before is not None:
-                # A copy: the caller mutates what it gets, the known state must not move.
-                self._known = (before, state.model_copy(deep=True))
-            return state
+        """The state on disk (empty when missing), remembered as this process's known state.
+
+        No lock: writers replace the file whole, so a read sees one version or the other, and
+        the fingerprint is taken first (a newer file read with it only causes a re-read later).
+        So a read-only directory, where the lock file cannot be opened, can still be loaded.
+        """
+        before = fingerprint(self.path)
+        state = self.read() or State()
+        if before is not None:
+            # A copy: the caller mutates what it gets, the known state must not move.
+            self._known = (before, state.model_copy(deep=True))
+        return state
 
     def changed_since_known(self) -> bool:
         current = fingerprint(self.path)
@@ -170,17 +200,30 @@ class StateFile:
         finally:
             os.close(fd)  # closing releases the lock
 
-    def _write(self, state: State) -> None:
-        data = dumps(state).encode()
+    def _write(self, state: State, pieces: list[bytes] | None = None) -> None:
+        """Write `state` atomically; `pieces`, when given, are its bytes (see SyncCache)."""
+        if pieces is None:
+            pieces = [dumps(state).encode()]
         directory = self.path.parent
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = directory / f".{self.path.name}.{os.getpid()}.{hashlib.md5(data).hexdigest()[:8]}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        if not self._swept:
+            self._sweep(directory)
+        # A new, unpredictable name, created exclusively and never through a symlink: a file
+        # or link planted under a guessable name cannot receive the credentials.
+        for attempt in range(3):
+            tmp = directory / f".{self.path.name}.{os.getpid()}.{secrets.token_hex(8)}"
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW, 0o600)
+                break
+            except FileExistsError:
+                if attempt == 2:
+                    raise
         try:
             os.fchmod(fd, 0o600)  # the umask may have narrowed it, never widened: be sure
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            for data in _batches(pieces):
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
             os.fsync(fd)
         except BaseException:
             os.close(fd)
@@ -204,6 +247,21 @@ class StateFile:
         if current is not None:
             self._known = (current, state)
 
+    def _sweep(self, directory: Path) -> None:
+        """Delete temp files a killed writer left behind (they hold credentials). Called with
+        the lock held: every writer creates its temp file under the lock, so none is live."""
+        if fcntl is None:
+            return  # no lock: another writer's temp file may be live
+        self._swept = True
+        prefix = f".{self.path.name}."
+        with contextlib.suppress(OSError), os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.name.startswith(prefix) and _TEMP_SUFFIX.fullmatch(
+                    entry.name[len(prefix) :]
+                ):
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+
     def edit(self, change: Callable[[State], None]) -> State:
         """Read, change and write the file under the lock (the CLI's way). Missing -> created."""
         with self.locked():
@@ -218,22 +276,49 @@ class StateFile:
         mine: State,
         unsaved_requests: Mapping[str, int],
         conversations: Mapping[str, tuple[str, float]] | None = None,
+        changed: Collection[str] | None = None,
     ) -> tuple[State, bool]:
         """Merge this process's state with the file's and write the result (the proxy's way).
 
         Returns the merged state and whether the file held changes from another writer, in which
         case the caller adopts the merged state. Raises StateFileError when the file on disk is
         invalid (it is then left alone) and OSError when it cannot be written.
+
+        `changed`, when given, holds the ids of every account of `mine` changed since the last
+        sync (the others are then not compared), and `conversations` may then hold only the
+        entries set since the last sync: the rest are in the file already.
         """
         with self.locked():
             current = fingerprint(self.path)
             if self._known is not None and current == self._known[0]:
                 theirs, external = self._known[1], False
             else:
-                theirs, external = (self.read() or State()), True
+                text = self._read_text()
+                if text is not None and not text.strip() and self._known is not None:
+                    # Truncated by an editor that is about to write, or by mistake: taking it
+                    # in would erase every account and credential this process holds.
+                    raise StateFileError(
+                        f"{self.path}: the file is empty; not taken in (remove accounts with "
+                        "the CLI, not by emptying the file)"
+                    )
+                theirs, external = (State() if text is None else parse(text, self.path)), True
                 if current is None and self._known is not None:
                     external = False  # deleted under us: write ours back
                     theirs = self._known[1]
-            merged = merge(mine, theirs, unsaved_requests, conversations)
-            self._write(merged)
+            cache = self._cache
+            cache.changed = changed
+            try:
+                merged = merge(
+                    mine,
+                    theirs,
+                    unsaved_requests,
+                    conversations,
+                    merge_list=cache.merge_list,
+                    merge_table=cache.merge_table,
+                )
+                self._write(merged, cache.pieces(merged, HEADER))
+            except BaseException:
+                cache.discard()
+                raise
+            cache.commit(merged)
             return merged, external

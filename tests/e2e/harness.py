@@ -686,6 +686,7 @@ def run_codex(
     http_only: bool = False,
     home: str | os.PathLike[str] | None = None,
     args: Sequence[str] = (),
+    ephemeral: bool = True,
 ) -> CodexResult:
     """Run ``codex exec --json PROMPT`` through the proxy with a throw-away HOME/CODEX_HOME.
 
@@ -699,6 +700,8 @@ def run_codex(
 
     ``home``: a HOME to (re)use, e.g. from an earlier run; auth.json is written only if missing
     there, so a token the CLI refreshed is kept. Without it a temp dir is used (removed at exit).
+    ``ephemeral=False`` lets the CLI record the session under ``home``, so a later run with the
+    same ``home`` and ``args=("resume", "--last")`` continues the thread.
     """
     binary = codex_bin()
     if home is None:
@@ -728,7 +731,8 @@ def run_codex(
         }
     )
     run_env.update(env or {})
-    cmd = [str(binary), "exec", "--skip-git-repo-check", "--ephemeral", "--json", *args, prompt]
+    flags = ["--skip-git-repo-check", *(["--ephemeral"] if ephemeral else []), "--json"]
+    cmd = [str(binary), "exec", *flags, *args, prompt]
     started = time.monotonic()
     proc = subprocess.run(
         cmd,

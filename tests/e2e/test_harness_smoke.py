@@ -226,3 +226,40 @@ def test_refresh_rotation(backend: FakeCodexBackend, proxy: Mitmdump) -> None:
     assert check.json()["accounts"][0]["id"] == "acc-rt"
     assert post({**grant, "refresh_token": fresh["refresh_token"]})[0] == 200
     assert [r.outcome for r in backend.refreshes] == ["ok", "reused", "invalid_grant", "ok"]
+
+
+def test_previous_response_ids_belong_to_one_account(
+    backend: FakeCodexBackend, proxy: Mitmdump
+) -> None:
+    """Like the real backend: a response id only continues on the account that created it."""
+    first, other = make_auth_json("acc-own"), make_auth_json("acc-other")
+    backend.register_auth_json(first)
+    backend.register_auth_json(other)
+    backend.set_limited("acc-own", after_turns=0)  # the prewarm works, the next turn not
+    with WsClient(proxy.port, proxy.ca_path, headers=codex_headers(first)) as ws:
+        prewarm = ws.turn({**responses_request(), "generate": False})
+        response_id = prewarm[-1].data["response"]["id"]
+        (limited,) = ws.turn({**responses_request(), "previous_response_id": response_id})
+    assert limited.data["error"]["type"] == "usage_limit_reached"
+    assert backend.response_owner(response_id) == "acc-own"
+    with WsClient(proxy.port, proxy.ca_path, headers=codex_headers(other)) as ws:
+        (refused,) = ws.turn({**responses_request(), "previous_response_id": response_id})
+    assert refused.data["status_code"] == 400
+    assert refused.data["error"]["code"] == "previous_response_not_found"
+    reply = https_request(
+        proxy.port,
+        proxy.ca_path,
+        "POST",
+        RESPONSES_URL,
+        headers={**codex_headers(other), "accept": "text/event-stream"},
+        body={**responses_request(), "previous_response_id": response_id},
+        zstd=True,
+    )
+    assert reply.status == 400
+    assert reply.json()["error"]["code"] == "previous_response_not_found"
+    assert [t.outcome for t in backend.turns] == [
+        "ok",
+        "limited",
+        "previous_response_not_found",
+        "previous_response_not_found",
+    ]

@@ -16,6 +16,9 @@ hosts. Reply shapes follow the openai/codex source (codex-rs):
 - ``/oauth/token``: login auth manager (``RefreshRequest``/``RefreshResponse``; a 401 whose
   ``error.code`` is ``refresh_token_reused``/``_expired``/``_invalidated`` is permanent, any
   other status is transient).
+- ``previous_response_id``: a response another account created (or one this fake never made)
+  is refused with 400 ``previous_response_not_found``, as the real backend does
+  (``enforce_previous_response = False`` turns that off).
 
 Usage::
 
@@ -78,6 +81,9 @@ class FakeAccount:
     secondary_reset_at: int = 0
     limited_until: int | None = None  # epoch seconds; set = usage_limit_reached
     limited_window: str = "primary"
+    # set_limited(after_turns=N): N more real turns are served, then the limit applies
+    limit_after_turns: int | None = None
+    limit_resets_in: int = 3600
     turns: int = 0
 
 
@@ -107,7 +113,8 @@ class RecordedTurn:
     account_id: str | None
     token: str | None
     generate: bool  # False for the WebSocket prewarm
-    outcome: str  # "ok", "limited", "unauthorized", "injected:<status>"
+    # "ok", "limited", "unauthorized", "injected:<status>", "previous_response_not_found"
+    outcome: str
     time: float
     model: str | None = None
     content_encoding: str | None = None
@@ -362,6 +369,10 @@ class FakeCodexBackend:
             self.websocket_enabled = True  # False: the handshake answers 426 (HTTP fallback)
             self.oauth_delay = 0.0  # seconds before /oauth/token answers
             self.oauth_unavailable = False  # True: /oauth/token answers 503 (transient)
+            # True: a request whose previous_response_id was not created by the same account
+            # is refused with 400 previous_response_not_found, as the real backend does.
+            self.enforce_previous_response = True
+            self._responses: dict[str, str] = {}  # response id -> account id that created it
             self._accounts: dict[str, FakeAccount] = {}
             self._tokens: dict[str, str] = {}  # access token -> account id
             self._refresh_tokens: dict[str, str] = {}  # live refresh token -> account id
@@ -450,23 +461,39 @@ class FakeCodexBackend:
                 account.secondary_used = secondary_used
 
     def set_limited(
-        self, key: str, resets_in: int | None = 3600, *, window: str = "primary"
+        self,
+        key: str,
+        resets_in: int | None = 3600,
+        *,
+        window: str = "primary",
+        after_turns: int | None = None,
     ) -> None:
         """Make the account answer ``usage_limit_reached`` (``resets_in=None`` clears it).
 
-        ``key`` is an access token or an account id.
+        ``key`` is an access token or an account id. ``after_turns=N``: the account serves N
+        more real turns (WebSocket prewarms do not count and keep working) and the limit hits
+        the one after, e.g. ``0``: a prewarm still succeeds, the real request that follows it
+        on the same socket is refused.
         """
         with self._lock:
             account = self._accounts[self._resolve(key)]
+            account.limit_after_turns = None
             if resets_in is None:
                 account.limited_until = None
                 return
-            account.limited_until = int(time.time()) + resets_in
             account.limited_window = window
-            if window == "primary":
-                account.primary_reset_at = account.limited_until
-            else:
-                account.secondary_reset_at = account.limited_until
+            if after_turns is not None:
+                account.limit_after_turns, account.limit_resets_in = after_turns, resets_in
+                return
+            self._limit_now(account, resets_in)
+
+    @staticmethod
+    def _limit_now(account: FakeAccount, resets_in: int) -> None:
+        account.limited_until = int(time.time()) + resets_in
+        if account.limited_window == "primary":
+            account.primary_reset_at = account.limited_until
+        else:
+            account.secondary_reset_at = account.limited_until
 
     def inject_error(
         self,
@@ -602,12 +629,36 @@ class FakeCodexBackend:
             account = self._accounts[account_id]
             if account.limited_until is not None and account.limited_until <= time.time():
                 account.limited_until = None
+            if account.limit_after_turns is not None:
+                if account.limit_after_turns <= 0:
+                    account.limit_after_turns = None
+                    self._limit_now(account, account.limit_resets_in)
+                else:
+                    account.limit_after_turns -= 1
             if account.limited_until is not None:
                 return replace(account), True
             account.turns += 1
             account.primary_used = min(100.0, account.primary_used + self.usage_step[0])
             account.secondary_used = min(100.0, account.secondary_used + self.usage_step[1])
             return replace(account), False
+
+    def response_owner(self, response_id: str) -> str | None:
+        """The account id that created a response (None: this fake never created it)."""
+        with self._lock:
+            return self._responses.get(response_id)
+
+    def _previous_response_error(self, account_id: str, body: Any) -> dict[str, Any] | None:
+        """The 400 error body when ``previous_response_id`` is not this account's response."""
+        previous = body.get("previous_response_id") if isinstance(body, dict) else None
+        if not previous or not self.enforce_previous_response:
+            return None
+        if self.response_owner(str(previous)) == account_id:
+            return None
+        error = _error_body(
+            f"Previous response with id '{previous}' not found.", "previous_response_not_found"
+        )
+        error["error"]["param"] = "previous_response_id"
+        return error
 
     def _snapshot(self, account_id: str) -> FakeAccount:
         with self._lock:
@@ -686,6 +737,8 @@ class FakeCodexBackend:
         """The event sequence of one turn (SSE ``data:`` payloads / WebSocket text frames)."""
         response_id = f"resp_{uuid.uuid4().hex}"
         created_at = int(time.time())
+        with self._lock:
+            self._responses[response_id] = account.account_id
         base = {
             "id": response_id,
             "object": "response",
@@ -870,6 +923,12 @@ class _ResponsesHandler(_Base, tornado.websocket.WebSocketHandler):
             backend._record_turn(self._turn("http", outcome, True, body, encoding))
             self.write_json(injected.status, injected.body)
             return
+        refused = backend._previous_response_error(self.account_id, body)
+        if refused is not None:
+            outcome = "previous_response_not_found"
+            backend._record_turn(self._turn("http", outcome, True, body, encoding))
+            self.write_json(400, refused)
+            return
         account, limited = backend._begin_turn(self.account_id)
         if limited:
             backend._record_turn(self._turn("http", "limited", True, body, encoding))
@@ -954,6 +1013,12 @@ class _ResponsesHandler(_Base, tornado.websocket.WebSocketHandler):
             await self._send(
                 {"type": "error", "status_code": injected.status, "error": injected.body["error"]}
             )
+            return
+        refused = backend._previous_response_error(account_id, request)
+        if refused is not None:
+            outcome = "previous_response_not_found"
+            backend._record_turn(self._turn("ws", outcome, generate, request))
+            await self._send({"type": "error", "status_code": 400, "error": refused["error"]})
             return
         if generate:
             account, limited = backend._begin_turn(account_id)

@@ -285,9 +285,11 @@ def test_rows_show_usage_and_mark_the_next_pick(make_account: AccountFactory, no
     assert rows["D"]["blocked_until"] == t + 60
 
 
-def test_a_row_hides_a_reset_time_in_the_past(make_account: AccountFactory, now: float) -> None:
+def test_a_row_shows_a_window_past_its_reset_as_empty(
+    make_account: AccountFactory, now: float
+) -> None:
     row = status_row(make_account("A", primary=10, primary_reset_at=int(now) - 1), now)
-    assert row["primary_used_percent"] == 10.0
+    assert row["primary_used_percent"] == 0.0  # the window reset: its old usage is gone
     assert row["primary_reset_at"] is None
 
 

@@ -1,0 +1,509 @@
+"""Run quota-router's benchmarks and print a Markdown report: `python -m bench [--quick]`.
+
+Sections (all by default; `--only NAME ...` picks some):
+  throughput  real mitmdump in reverse mode to a local SSE upstream: bare mitmdump, mitmdump with
+              a 3-line SSE-streaming script (the fair baseline: the router streams SSE, plain
+              mitmdump buffers it), and mitmdump with the router at 10 / 1,000 / 10,000
+              accounts; 1 and 8 connections; configurations interleaved round by round.
+  streaming   time to first SSE byte and per-event delay with events 300 ms apart.
+  selection   microseconds per routing decision (Pool.choose) vs pool size, both strategies.
+  state       save / load time vs pool size, and the event loop's longest stall while saving.
+  memory      the router's RSS after 50,000 and 100,000 routed requests over 10,000
+              conversations (in-process: Router driven with mitmproxy.test.tflow).
+
+Everything measured side by side runs in one session; ratios are of medians over rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import gc
+import hashlib
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+SECTIONS = ("throughput", "streaming", "selection", "state", "memory")
+
+
+class Settings:
+    def __init__(self, quick: bool) -> None:
+        self.quick = quick
+        self.sizes = (10, 1_000, 10_000)
+        self.rounds = 3 if quick else 5
+        self.duration = 3.0 if quick else 6.0
+        self.warmup = 0.5 if quick else 1.0
+        self.concurrency = (1, 8)
+        self.stream_requests = 4 if quick else 10
+        self.memory_requests = 20_000 if quick else 100_000
+        self.memory_conversations = 10_000
+        self.state_sizes = (10, 100, 1_000, 10_000)
+        self.conversations = 20_000
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+# -- end to end --------------------------------------------------------------------------------
+@contextmanager
+def proxies(settings: Settings) -> Iterator[tuple[list[Any], Any]]:
+    from bench.procs import SHIMS, Proxy, Upstream, make_accounts, router_proxy, write_state
+
+    upstream = Upstream().start()
+    started: list[Any] = []
+    tmp = Path(tempfile.mkdtemp(prefix="qr-bench-states-"))
+    try:
+        configs = [
+            Proxy("bare", upstream.port),
+            Proxy("stream", upstream.port, scripts=[SHIMS / "stream.py"]),
+        ]
+        accounts = make_accounts(max(settings.sizes))
+        for size in settings.sizes:
+            state = write_state(tmp / f"state-{size}.toml", accounts[:size])
+            configs.append(router_proxy(f"addon-{size}", upstream.port, state))
+        for proxy in configs:
+            log(f"starting {proxy.name}")
+            started.append(proxy.start())
+        yield started, upstream
+    finally:
+        for proxy in started:
+            proxy.stop()
+        upstream.stop()
+
+
+def throughput(settings: Settings, configs: list[Any]) -> dict[str, Any]:
+    from bench.procs import loadgen
+
+    runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    cpu: dict[str, float] = {p.name: 0.0 for p in configs}
+    for conns in settings.concurrency:
+        for round_ in range(settings.rounds):
+            order = configs if round_ % 2 == 0 else list(reversed(configs))
+            for proxy in order:
+                time.sleep(0.5)  # let the previous proxy's saver settle
+                before = proxy.cpu_seconds()
+                result = loadgen(
+                    "load",
+                    proxy.port,
+                    conns=conns,
+                    duration=settings.duration,
+                    warmup=settings.warmup,
+                )
+                cpu[proxy.name] += proxy.cpu_seconds() - before
+                result["cpu_ms_per_request"] = None
+                runs.setdefault((proxy.name, conns), []).append(result)
+                log(
+                    f"throughput {proxy.name} x{conns} round {round_ + 1}: "
+                    f"{result['rps']:.0f} req/s p50 {result['p50_ms']:.1f} ms "
+                    f"p99 {result['p99_ms']:.1f} ms errors {result['errors']}"
+                )
+    rss = {p.name: p.rss() for p in configs}
+    return {"runs": {f"{k[0]}@{k[1]}": v for k, v in runs.items()}, "rss_mib": rss}
+
+
+def streaming(settings: Settings, configs: list[Any]) -> dict[str, Any]:
+    from bench.procs import loadgen
+
+    wanted = [p for p in configs if p.name in ("bare", "stream") or p.name.startswith("addon-")]
+    results: dict[str, list[dict[str, Any]]] = {}
+    for round_ in range(max(2, settings.rounds - 2)):
+        for proxy in wanted:
+            result = loadgen("stream", proxy.port, requests=settings.stream_requests, gap=0.3)
+            results.setdefault(proxy.name, []).append(result)
+            log(
+                f"streaming {proxy.name} round {round_ + 1}: first byte "
+                f"{result['ttfb_median_ms']:.2f} ms, event delay "
+                f"{result['event_delay_median_ms']:.2f} ms"
+            )
+    return results
+
+
+# -- in process --------------------------------------------------------------------------------
+def selection_bench(settings: Settings) -> dict[str, Any]:
+    from addon import selection
+    from addon.pool import Pool
+    from addon.selection import Strategy
+    from addon.state import State
+    from addon.usage import UsageReport, WindowReport
+    from bench.procs import make_accounts
+
+    accounts = make_accounts(max(settings.sizes))
+    out: dict[str, Any] = {}
+    for size in (10, 100, 1_000, 10_000):
+        pool = Pool(State(accounts=[a.model_copy() for a in accounts[:size]]), random.Random(1))
+        now = time.time()
+        for strategy in Strategy:
+            pool.choose(strategy, now)  # builds the index
+            best_choose = best_cycle = float("inf")
+            n = 2_000
+            rng = random.Random(3)
+            for _ in range(5):
+                started = time.perf_counter()
+                for _ in range(n):
+                    now += 0.001
+                    pool.choose(strategy, now)
+                best_choose = min(best_choose, (time.perf_counter() - started) / n)
+                started = time.perf_counter()
+                for _ in range(n):
+                    now += 0.001
+                    choice = pool.choose(strategy, now)
+                    pct = rng.uniform(0, 90)
+                    report = UsageReport(WindowReport(pct, 300, int(now) + 3600), None)
+                    pool.record_usage(choice.account, report, now)  # type: ignore[union-attr]
+                best_cycle = min(best_cycle, (time.perf_counter() - started) / n)
+            reps = max(3, min(200, 20_000 // size))
+            started = time.perf_counter()
+            for _ in range(reps):
+                selection.choose(strategy, pool.accounts, now, pool.rng)
+            reference = (time.perf_counter() - started) / reps
+            out[f"{strategy.value}@{size}"] = {
+                "choose_us": best_choose * 1e6,
+                "choose_and_learn_us": best_cycle * 1e6,
+                "reference_scan_us": reference * 1e6,
+            }
+            log(
+                f"selection {strategy.value} {size}: {best_choose * 1e6:.1f} us "
+                f"(with a usage update {best_cycle * 1e6:.1f} us; "
+                f"O(n) scan {reference * 1e6:.0f} us)"
+            )
+    return out
+
+
+def state_bench(settings: Settings) -> dict[str, Any]:
+    from addon.pool import Pool
+    from addon.saver import Saver
+    from addon.statefile import StateFile
+    from bench.procs import make_accounts, write_state
+
+    accounts = make_accounts(max(settings.state_sizes))
+    out: dict[str, Any] = {}
+    tmp = Path(tempfile.mkdtemp(prefix="qr-bench-state-"))
+    for size in settings.state_sizes:
+        path = write_state(tmp / f"state-{size}.toml", accounts[:size])
+        file = StateFile(path)
+        started = time.perf_counter()
+        pool = Pool(file.load())
+        load = time.perf_counter() - started
+        conversations = min(settings.conversations, 2 * size)
+        now = time.time()
+        for i in range(conversations):
+            pool._set_owner(_key(f"c{i}"), pool.accounts[i % size], now + i / 1e4)
+        saver = Saver(pool, file)
+        first, _ = asyncio.run(_timed_save(saver))
+        stalls, times, idle = asyncio.run(_saves(pool, saver, rounds=6))
+        full_pool = pool
+        full_pool.unsaved_accounts = None  # the periodic check: compare every account
+        full, full_stall = asyncio.run(_timed_save(saver))
+        out[str(size)] = {
+            "file_mib": path.stat().st_size / 2**20,
+            "conversations": conversations,
+            "load_ms": load * 1000,
+            "first_save_ms": first * 1000,
+            "save_ms": median(times) * 1000,
+            "save_cpu_ms": saver.cost * 1000,
+            "full_check_save_ms": full * 1000,
+            "max_stall_ms": max(stalls) * 1000,
+            "full_check_stall_ms": full_stall * 1000,
+            "idle_stall_ms": max(idle) * 1000,
+            "interval_s": max(saver.interval, saver.cost / _max_share()),
+        }
+        log(f"state {size}: {json.dumps(out[str(size)])}")
+    return out
+
+
+def _max_share() -> float:
+    from addon import saver
+
+    return saver.MAX_SHARE
+
+
+def _key(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+class Ticker:
+    """Records how late a 1 ms sleep wakes up: the event loop's longest stall."""
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+        self.task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(0.001)
+            self.worst = max(self.worst, time.perf_counter() - started - 0.001)
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def take(self) -> float:
+        worst, self.worst = self.worst, 0.0
+        return worst
+
+
+async def _timed_save(saver: Any) -> tuple[float, float]:
+    ticker = Ticker()
+    ticker.start()
+    await asyncio.sleep(0.01)
+    ticker.take()
+    started = time.perf_counter()
+    await saver.save()
+    took = time.perf_counter() - started
+    return took, ticker.take()
+
+
+async def _saves(
+    pool: Any, saver: Any, rounds: int
+) -> tuple[list[float], list[float], list[float]]:
+    """Saves with 50 routed requests (and new conversations) between them, as under load."""
+    ticker = Ticker()
+    ticker.start()
+    stalls, times, idle = [], [], []
+    for r in range(rounds):
+        now = time.time()
+        for j in range(50):
+            account = pool.accounts[random.randrange(len(pool.accounts))]
+            pool.record_route(account, now)
+            pool._set_owner(_key(f"r{r}-{j}-{now}"), account, now + j / 1e5)
+        await asyncio.sleep(0.2)
+        idle.append(ticker.take())  # the same ticker with no save running: the noise floor
+        started = time.perf_counter()
+        await saver.save()
+        times.append(time.perf_counter() - started)
+        stalls.append(ticker.take())
+    return stalls, times, idle
+
+
+def memory_bench(settings: Settings) -> dict[str, Any]:
+    """In-process: mitmdump would take ~10 minutes for 100,000 requests on a 2-core machine."""
+    args = f"{settings.memory_requests}, {settings.memory_conversations}"
+    code = f"import bench.memory as m; m.main({args})"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=1800
+    )
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-3000:])
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    log(f"memory: {json.dumps(result)}")
+    return result
+
+
+# -- report ------------------------------------------------------------------------------------
+def report(settings: Settings, results: dict[str, Any]) -> str:
+    import mitmproxy.version
+
+    lines = [
+        f"Machine: {os.cpu_count()} CPUs (nproc {_nproc()}), Python {platform.python_version()}, "
+        f"mitmproxy {mitmproxy.version.VERSION}, {datetime.date.today().isoformat()}, "
+        f"load average at start {results.get('loadavg', '?')}; "
+        f"{'--quick' if settings.quick else 'full run'}.",
+        "",
+    ]
+    if "throughput" in results:
+        lines += _throughput_table(settings, results["throughput"])
+    if "streaming" in results:
+        lines += _streaming_table(results["streaming"])
+    if "selection" in results:
+        lines += _selection_table(results["selection"])
+    if "state" in results:
+        lines += _state_table(results["state"])
+    if "memory" in results:
+        m = results["memory"]
+        lines += [
+            "### Memory (in-process router, 10,000 accounts)",
+            "",
+            "| routed requests | conversations | RSS MiB | affinity entries |",
+            "|---:|---:|---:|---:|",
+        ]
+        for point in m["points"]:
+            lines.append(
+                f"| {point['requests']:,} | {m['conversations']:,} | {point['rss_mib']:.1f} | "
+                f"{point['affinity']:,} |"
+            )
+        lines += ["", f"Growth from the first to the last point: {m['growth_pct']:+.1f} %.", ""]
+    return "\n".join(lines)
+
+
+def _nproc() -> str:
+    try:
+        return subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "?"
+
+
+def _throughput_table(settings: Settings, data: dict[str, Any]) -> list[str]:
+    runs = data["runs"]
+    names = sorted({k.split("@")[0] for k in runs}, key=_order)
+    lines = [
+        "### Throughput and latency (mitmdump reverse mode, short SSE answer)",
+        "",
+        f"Medians of {settings.rounds} interleaved rounds of {settings.duration:.0f} s "
+        "(after a warm-up). Ratios: req/s against `stream` (mitmdump streaming SSE, the fair "
+        "baseline) and against `bare` (mitmdump buffering SSE, its default).",
+        "",
+        "| config | conns | req/s | vs stream | vs bare | p50 ms | p99 ms | RSS MiB after |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for conns in settings.concurrency:
+        base = {n: median([r["rps"] for r in runs.get(f"{n}@{conns}", [])]) for n in names}
+        for name in names:
+            rs = runs.get(f"{name}@{conns}", [])
+            rps = median([r["rps"] for r in rs])
+            lines.append(
+                f"| {name} | {conns} | {rps:.0f} | {rps / base['stream']:.3f} | "
+                f"{rps / base['bare']:.3f} | {median([r['p50_ms'] for r in rs]):.2f} | "
+                f"{median([r['p99_ms'] for r in rs]):.2f} | {data['rss_mib'][name]:.0f} |"
+            )
+    per_round = []
+    for conns in settings.concurrency:
+        for name in names:
+            if name.startswith("addon"):
+                mine = [r["rps"] for r in runs[f"{name}@{conns}"]]
+                base = [r["rps"] for r in runs[f"stream@{conns}"]]
+                ratios = [m / b for m, b in zip(mine, base, strict=False)]
+                per_round.append(f"{name} x{conns}: " + ", ".join(f"{x:.2f}" for x in ratios))
+    lines += ["", "Per-round ratios against `stream`: " + "; ".join(per_round) + ".", ""]
+    return lines
+
+
+def _order(name: str) -> tuple[int, int]:
+    if name == "bare":
+        return (0, 0)
+    if name == "stream":
+        return (1, 0)
+    return (2, int(name.split("-")[1]))
+
+
+def _streaming_table(data: dict[str, Any]) -> list[str]:
+    lines = [
+        "### Streaming (events 300 ms apart)",
+        "",
+        "| config | first byte, median ms | vs stream ms | event delay median ms "
+        "| event delay max ms |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    names = sorted(data, key=_order)
+
+    def all_of(name: str, key: str) -> list[float]:
+        out: list[float] = []
+        for run in data[name]:
+            out += run[key] if isinstance(run[key], list) else [run[key]]
+        return out
+
+    base = median(all_of("stream", "ttfb_ms"))
+    for name in names:
+        ttfb = median(all_of(name, "ttfb_ms"))
+        delay = median([r["event_delay_median_ms"] for r in data[name]])
+        worst = max(r["event_delay_max_ms"] for r in data[name])
+        lines.append(f"| {name} | {ttfb:.2f} | {ttfb - base:+.2f} | {delay:.2f} | {worst:.2f} |")
+    return [*lines, ""]
+
+
+def _selection_table(data: dict[str, Any]) -> list[str]:
+    lines = [
+        "### Selection (Pool.choose, in-process, best of 5 x 2,000 decisions)",
+        "",
+        "| strategy | accounts | us per decision | us with a usage update "
+        "| O(n) reference scan us |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for key, row in data.items():
+        strategy, size = key.split("@")
+        lines.append(
+            f"| {strategy} | {int(size):,} | {row['choose_us']:.1f} | "
+            f"{row['choose_and_learn_us']:.1f} | {row['reference_scan_us']:.0f} |"
+        )
+    for strategy in ("fill_first", "capacity_weighted"):
+        small, big = data.get(f"{strategy}@10"), data.get(f"{strategy}@10000")
+        if small and big:
+            lines.append("")
+            lines.append(
+                f"{strategy}: 10,000 accounts / 10 accounts = "
+                f"{big['choose_us'] / small['choose_us']:.2f}x per decision, "
+                f"{big['choose_and_learn_us'] / small['choose_and_learn_us']:.2f}x "
+                "with a usage update."
+            )
+    return [*lines, ""]
+
+
+def _state_table(data: dict[str, Any]) -> list[str]:
+    lines = [
+        "### State file (save: Saver.save after 50 routed requests; stall: longest lateness of "
+        "a 1 ms asyncio sleep during the save)",
+        "",
+        "| accounts | file MiB | load ms | first save ms | save ms | save CPU ms | "
+        "full-check save ms | loop stall ms | full-check stall ms | idle loop noise ms | "
+        "save interval s |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for size, row in data.items():
+        lines.append(
+            f"| {int(size):,} | {row['file_mib']:.1f} | {row['load_ms']:.0f} | "
+            f"{row['first_save_ms']:.0f} | {row['save_ms']:.0f} | {row['save_cpu_ms']:.0f} | "
+            f"{row['full_check_save_ms']:.0f} | {row['max_stall_ms']:.2f} | "
+            f"{row['full_check_stall_ms']:.2f} | {row['idle_stall_ms']:.2f} | "
+            f"{row['interval_s']:.1f} |"
+        )
+    return [*lines, ""]
+
+
+# -- main --------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer rounds, shorter runs")
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
+    parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--out", type=Path, help="also write the Markdown report here")
+    args = parser.parse_args(argv)
+    settings = Settings(args.quick)
+    sections = args.only or list(SECTIONS)
+    results: dict[str, Any] = {"loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+    started = time.monotonic()
+    if "throughput" in sections or "streaming" in sections:
+        with proxies(settings) as (configs, _upstream):
+            if "throughput" in sections:
+                results["throughput"] = throughput(settings, configs)
+            if "streaming" in sections:
+                results["streaming"] = streaming(settings, configs)
+    steps: list[tuple[str, Callable[[Settings], dict[str, Any]]]] = [
+        ("selection", selection_bench),
+        ("state", state_bench),
+        ("memory", memory_bench),
+    ]
+    for name, step in steps:
+        if name in sections:
+            gc.collect()
+            results[name] = step(settings)
+    results["seconds"] = time.monotonic() - started
+    text = report(settings, results)
+    text += f"\nTotal time: {results['seconds'] / 60:.1f} min.\n"
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=str))
+    return 0
