@@ -18,13 +18,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from addon.state import Credentials, Plan
+from addon.statefile import StateFile, StateFileError
 from addon.tokens import auth_claims, jwt_claims, token_expiry
 
 DEFAULT_TOKEN_URL = "https://auth.openai.com/oauth/token"
 CLIENT_ID = "app_EMoamEEZ73f0CkXaXp7hrann"  # the Codex CLI's public OAuth client id
 # Refresh this long before `exp`, like the Codex CLI does.
 MARGIN_SECONDS = 300
-TIMEOUT_SECONDS = 20.0
+TIMEOUT_SECONDS = 10.0  # well under the state file lock timeout: the lock is held meanwhile
 
 # Tokens travel in HTTP headers: printable ASCII without spaces only.
 _TOKEN = re.compile(r"[!-~]{1,16384}")
@@ -163,6 +164,42 @@ def post_refresh(
     except (OSError, ValueError, TypeError, RecursionError) as e:
         # Timeouts, refused connections, TLS errors, answers that are not what they claim.
         return RefreshFailed(False, f"token refresh failed: {e.__class__.__name__}")
+
+
+def refresh_persisted(
+    file: StateFile, account_id: str, credentials: Credentials, url: str, verify: bool = True
+) -> tuple[Refreshed | RefreshFailed, bool]:
+    """Refresh under the state file's lock, and write the new pair before anyone uses it.
+
+    Holding the lock across the call means two proxies sharing a file can never spend the
+    same single-use refresh token: the second one finds the first one's new pair in the file
+    and takes it instead of refreshing. Returns the result and whether the file holds it.
+    """
+    with file.locked():
+        try:
+            disk = file.read()
+        except StateFileError:
+            disk = None  # unreadable now: refresh anyway, the saver persists it later
+        account = next((a for a in disk.accounts if a.id == account_id), None) if disk else None
+        if account is not None:
+            stored = account.credentials
+            if stored.updated_at > credentials.updated_at and (
+                stored.refresh_token != credentials.refresh_token
+            ):
+                return Refreshed(stored, account.plan, account.email), True
+        result = post_refresh(url, credentials, verify)
+        if not isinstance(result, Refreshed) or disk is None or account is None:
+            return result, False
+        account.credentials = result.credentials
+        if result.plan is not None:
+            account.plan = result.plan
+        if result.email:
+            account.email = result.email
+        try:
+            file.write_aside(disk)
+        except OSError:
+            return result, False
+        return result, True
 
 
 class Refresher:

@@ -32,7 +32,7 @@ from addon.refresh import (  # noqa: E402
     Refresher,
     RefreshFailed,
     needs_refresh,
-    post_refresh,
+    refresh_persisted,
 )
 from addon.report import table  # noqa: E402
 from addon.saver import Saver  # noqa: E402
@@ -376,12 +376,16 @@ class Router:
     ) -> Refreshed | RefreshFailed:
         verify = not ctx.options.ssl_insecure
         url = ctx.options.router_token_url
-        result = await asyncio.to_thread(post_refresh, url, credentials, verify)
+        if self.file is None:
+            return RefreshFailed(False, "no state file")
+        # In a worker thread, under the file's lock; the new pair is on disk before it is used.
+        result, persisted = await asyncio.to_thread(
+            refresh_persisted, self.file, account_id, credentials, url, verify
+        )
         account = self.pool.by_id(account_id)
         if isinstance(result, Refreshed) and account is not None:
             self.pool.set_credentials(account, result)
-            # The old refresh token died the moment this one was issued: persist first.
-            if self.saver is None or not await self.saver.save():
+            if not persisted and (self.saver is None or not await self.saver.save()):
                 logger.error(
                     "quota-router: new tokens for %s are held in memory only until the state "
                     "file can be written",

@@ -262,6 +262,13 @@ class StateFile:
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
 
+    def write_aside(self, state: State) -> None:
+        """Write `state` (read under the lock just held) without counting it as this process's
+        own: the next sync() then reads it back and merges it like any other writer's."""
+        known = self._known
+        self._write(state)
+        self._known = known
+
     def edit(self, change: Callable[[State], None]) -> State:
         """Read, change and write the file under the lock (the CLI's way). Missing -> created."""
         with self.locked():

@@ -226,13 +226,6 @@ def _cli_phase(
     json.loads(cli_ok(state, "status", "--json"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (router.py/refresh.py): two proxies refresh the same account with the same "
-    "single-use refresh token; the loser gets refresh_token_reused and marks the account "
-    "reauth_required for both. Fix: re-read the file before refreshing (and on "
-    "refresh_token_reused) and hold the state file lock across the refresh.",
-)
 def test_two_proxies_needing_the_same_refresh_keep_the_account(tmp_path: Path) -> None:
     state = tmp_path / "router-state.toml"
     soon = int(time.time()) + 60  # inside the refresh margin: the first use refreshes
