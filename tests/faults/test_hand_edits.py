@@ -81,7 +81,9 @@ def test_an_invalid_hand_edit_is_reported_kept_out_and_taken_in_once_fixed(
             bad_line = broken[: broken.index('name = "b')].count("\n") + 1
             state.write_text(broken)
             assert [env.turn().status for _ in range(3)] == [200] * 3
-            line = running.wait_for_line(SAVE_ERROR, 10, start=mark)
+            # (An in-place write is a truncation, then the text: the proxy may see the empty
+            # file first and say so; the message that counts is the one about the text.)
+            line = running.wait_for_line(SAVE_ERROR.replace(".*", ".*not valid TOML.*"), 10, mark)
             assert str(state) in line["message"] and "not valid TOML" in line["message"]
             assert f"line {bad_line}" in line["message"], line.string
             assert f"line {bad_line}" in (dashboard_status(running)["saving_error"] or "")
@@ -94,14 +96,14 @@ def test_an_invalid_hand_edit_is_reported_kept_out_and_taken_in_once_fixed(
             invalid, _ = edit_field(good, "b", "priority", "5000")
             state.write_text(invalid)
             assert env.turn().status == 200
-            line = running.wait_for_line(SAVE_ERROR, 10, start=mark)
+            line = running.wait_for_line(SAVE_ERROR.replace(".*", r".*accounts\[1\].*"), 10, mark)
             message = line["message"]
             assert str(state) in message and "accounts[1].priority" in message, message
             assert "account 'b'" in message, message
             assert f"line {table_line(invalid, 'b')}" in message, message
             time.sleep(1.5)
             assert state.read_text() == invalid
-            errors = [ln for ln in running.lines[mark:] if "cannot save state" in ln]
+            errors = [ln for ln in running.lines[mark:] if "accounts[1].priority" in ln]
             assert len(errors) == 1, errors  # said once, not at every retry
 
             # 3. Fixed, and a pausing a by hand on the way: taken in, nothing lost.
