@@ -167,3 +167,23 @@ def test_account_bound_requests_are_not_sent_to_another_account(tmp_path: Path) 
         assert result.status == 429
         assert result.json()["error"]["type"] == "usage_limit_reached"
         assert served_by(env) == []
+
+
+def test_a_failover_is_visible_in_the_flows(tmp_path: Path) -> None:
+    from mitmproxy import io
+
+    flows_file = tmp_path / "flows.mitm"
+    specs = [Spec("a", primary=50), Spec("b", primary=10)]
+    with pool_env(tmp_path, specs, extra_args=["-w", str(flows_file)]) as env:
+        env.fake.set_limited("acct-a", 3600)
+        assert env.turn().status == 200
+    with flows_file.open("rb") as handle:
+        flows = [f for f in io.FlowReader(handle).stream() if f.request.path == RESPONSES]
+    note = "failover a → b after 429 usage_limit_reached"
+    # The client's flow got b's answer; the retry shows as its own marked flow.
+    original = [f for f in flows if not f.is_replay]
+    retries = [f for f in flows if f.is_replay]
+    assert len(original) == 1 and len(retries) == 1
+    assert original[0].marked and note in original[0].comment
+    assert original[0].response is not None and original[0].response.status_code == 200
+    assert retries[0].marked and note in retries[0].comment

@@ -282,3 +282,19 @@ def test_state_is_flushed_on_shutdown(router: Fixture, tmp_path: Path) -> None:
     state = StateFile(tmp_path / "state.toml").read()
     assert isinstance(state, State)
     assert state.by_name("a").requests == 3  # type: ignore[union-attr]
+
+
+def test_steering_commands_apply_at_once(router: Fixture) -> None:
+    addon, tctx = router
+    tctx.command(addon.steer, "a", "3", "80", "100")
+    account = addon.pool.get("a")
+    assert (account.priority, account.max_primary_percent) == (3, 80.0)
+    flow = codex_flow()
+    run(addon.request(flow))
+    assert flow.request.headers["chatgpt-account-id"] == "acct-b"  # b is in the better tier
+    tctx.command(addon.rename, "b", "spare")
+    assert addon.pool.get("spare").credentials.account_id == "acct-b"
+    with pytest.raises(exceptions.CommandError, match="not a number"):
+        tctx.command(addon.steer, "a", "0", "lots", "100")
+    with pytest.raises(exceptions.CommandError, match="less than or equal to 100"):
+        tctx.command(addon.steer, "a", "0", "180", "100")
