@@ -17,6 +17,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -147,6 +148,10 @@ def nobody_dir() -> Iterator[Path]:
     """A directory outside pytest's root-only tmp dir, owned by `nobody`."""
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("needs root and setpriv to run the proxy as another user")
+    drop = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    probe = subprocess.run([*drop, sys.executable, "-c", "import mitmproxy"], capture_output=True)
+    if probe.returncode != 0:  # e.g. a venv whose interpreter lives in root's home
+        pytest.skip("`nobody` cannot run this venv's Python here")
     path = Path(tempfile.mkdtemp(prefix="qr-nobody-"))
     try:
         os.chmod(path, 0o755)
