@@ -30,9 +30,13 @@ class History:
     def add(
         self, account_id: str, now: float, primary: float | None, secondary: float | None
     ) -> None:
-        points = self.series.get(account_id)
+        series = self.series
+        points = series.pop(account_id, None)
         if points is None:
-            points = self.series[account_id] = deque(maxlen=self.max_points)
+            points = deque(maxlen=self.max_points)
+        # (Re-)inserted last: the series stay ordered by their latest report, so the quiet
+        # ones are found at the front instead of by scanning every account per report.
+        series[account_id] = points
         if points and now - points[-1][0] < self.spacing:
             points[-1] = (points[-1][0], primary, secondary)  # keep the latest value
             return
@@ -41,9 +45,12 @@ class History:
 
     def _forget_quiet(self, now: float) -> None:
         """Drop the series of accounts that reported nothing for max_age (removed ones)."""
-        quiet = [key for key, pts in self.series.items() if pts and now - pts[-1][0] > self.max_age]
-        for key in quiet:
-            del self.series[key]
+        series = self.series
+        while series:
+            key = next(iter(series))
+            if now - series[key][-1][0] <= self.max_age:
+                break
+            del series[key]
 
     def forget(self, account_id: str) -> None:
         self.series.pop(account_id, None)

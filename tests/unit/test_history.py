@@ -108,3 +108,14 @@ def test_spacing_and_bounds_hold_for_any_sequence(
         times = [p[0] for p in points]
         assert all(b - a >= 30 for a, b in itertools.pairwise(times))
         assert all(clock - p[0] <= 600 for p in history.points(account, clock))
+
+
+def test_a_report_keeps_an_account_from_being_forgotten_whatever_the_order() -> None:
+    history = History(max_age=100, spacing=10)
+    for name in ("a", "b", "c"):
+        history.add(name, NOW, 1.0, 1.0)
+    history.add("a", NOW + 60, 2.0, 2.0)  # "a" reported again: "b" and "c" are now the oldest
+    history.add("c", NOW + 105, 3.0, 3.0)  # "b" has been quiet for over 100 s
+    assert list(history.series) == ["a", "c"]
+    history.add("c", NOW + 170, 4.0, 4.0)  # and now "a" has too
+    assert list(history.series) == ["c"]
