@@ -301,3 +301,20 @@ def test_weighted_draws_follow_the_reference_draw_for_draw(size: int) -> None:
     pool = Pool(State(accounts=accounts))
     for seed in range(200):
         agree(pool, NOW, seed=seed)
+
+
+def test_adopting_a_merged_state_keeps_the_index(make_account: AccountFactory, now: float) -> None:
+    pool = Pool(State(accounts=[make_account("a", primary=50), make_account("b", primary=5)]))
+    assert pool._select(FILL, now, ()).name == "a"  # type: ignore[union-attr]
+    fast = pool._fast
+    paused = {"status": Status.PAUSED, "status_at": now + 1}
+    theirs = State(
+        accounts=[a.model_copy(update=paused if a.name == "a" else {}) for a in pool.accounts]
+    )
+    pool.adopt(theirs)  # the CLI paused "a"
+    assert pool._fast is fast  # same accounts, same order: re-pointed, not rebuilt
+    assert pool._select(FILL, now, ()).name == "b"  # type: ignore[union-attr]
+    agree(pool, now)
+    pool.adopt(State(accounts=[pool.accounts[1].model_copy()]))  # "a" was removed
+    assert pool._select(FILL, now, ()).name == "b"  # type: ignore[union-attr]
+    agree(pool, now)
