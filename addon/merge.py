@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from addon.state import Account, Backoff, Block, Conversation, State, Window
 
@@ -38,6 +39,40 @@ def _live_block(mine: Account, theirs: Account, windows: list[Window | None]) ->
     if later and all(w.used_percent < 100 for w in later):
         return None
     return block
+
+
+@dataclass(frozen=True, slots=True)
+class Outside:
+    """What another writer changed in the file since this process last read or wrote it.
+
+    `accounts` maps the id of each account it changed to its position in the file's list (and
+    in the merged one); None when that is not known (the first read) or when accounts were
+    added, removed or reordered: then the caller takes in everything. `conversations` holds the
+    entries it wrote that this process had not.
+    """
+
+    accounts: dict[str, int] | None
+    conversations: dict[str, tuple[str, float]]
+
+
+def outside_changes(known: State | None, theirs: State) -> Outside:
+    """Compare the file as read with what this process knew of it (in the worker thread: the
+    event loop then takes in only what differs)."""
+    conversations = {c.key: (c.account_id, c.seen_at) for c in theirs.conversations}
+    if known is None:
+        return Outside(None, conversations)
+    for c in known.conversations:
+        if conversations.get(c.key) == (c.account_id, c.seen_at):
+            del conversations[c.key]
+    if len(known.accounts) != len(theirs.accounts):
+        return Outside(None, conversations)
+    changed: dict[str, int] = {}
+    for pos, (old, new) in enumerate(zip(known.accounts, theirs.accounts, strict=True)):
+        if old.id != new.id:
+            return Outside(None, conversations)
+        if old is not new and old != new:
+            changed[new.id] = pos
+    return Outside(changed, conversations)
 
 
 def merge_account(mine: Account, theirs: Account, unsaved_requests: int) -> Account:

@@ -9,7 +9,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,9 +17,9 @@ from addon import answers, selection
 from addon.affinity import Affinity
 from addon.history import History
 from addon.index import FALLBACK, AccountIndex
-from addon.merge import merge
+from addon.merge import Outside, merge, merge_account
 from addon.selection import Strategy
-from addon.state import Account, Backoff, Block, State, Status, Window
+from addon.state import Account, Backoff, Block, Conversation, State, Status, Window
 from addon.usage import LimitHit, UsageReport, WindowReport
 
 logger = logging.getLogger(__name__)
@@ -28,6 +28,28 @@ logger = logging.getLogger(__name__)
 BACKOFF_FIRST = 2.0
 BACKOFF_MAX = 300.0
 DEFAULT_PROBE_INTERVAL = 60.0
+
+
+class _TrackedAffinity(Affinity):
+    """The affinity table, noting which keys were set since the last save: a save then merges
+    only those (the others are in the file already). Whoever sets an entry, it is noted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.touched: dict[str, None] | None = None  # keys in the order set; None: all
+
+    def set(self, key: str, account_id: str, now: float) -> None:
+        super().set(key, account_id, now)
+        touched = self.touched
+        if touched is not None:
+            touched.pop(key, None)  # last set last, as in the table
+            touched[key] = None
+            if len(touched) > self.capacity:  # nobody saves: stop keeping track
+                self.touched = None
+
+    def load(self, conversations: Iterable[Conversation], now: float) -> None:
+        super().load(conversations, now)
+        self.touched = None  # a new table: the next save takes all of it
 
 
 class PoolError(Exception):
@@ -52,8 +74,7 @@ class Pool:
         # What changed since the last save, so a save redoes only that (the saver takes and
         # resets these; None: unknown, check everything).
         self.unsaved_accounts: set[str] | None = set()
-        self.unsaved_conversations: dict[str, None] | None = {}  # keys, in the order set
-        self.affinity = Affinity()
+        self.affinity = _TrackedAffinity()
         self.affinity.load(self.state.conversations, time.time())
         self.probe_interval = DEFAULT_PROBE_INTERVAL
         self.last_probe = 0.0
@@ -115,12 +136,15 @@ class Pool:
 
     def _set_owner(self, conversation: str, account: Account, now: float) -> None:
         self.affinity.set(conversation, account.id, now)
-        touched = self.unsaved_conversations
-        if touched is not None:
-            touched.pop(conversation, None)  # last set last, as in the affinity table
-            touched[conversation] = None
-            if len(touched) > self.affinity.capacity:  # nobody saves: stop keeping track
-                self.unsaved_conversations = None
+
+    @property
+    def unsaved_conversations(self) -> dict[str, None] | None:
+        """Conversation keys set since the last save (None: unknown, save them all)."""
+        return self.affinity.touched
+
+    @unsaved_conversations.setter
+    def unsaved_conversations(self, value: dict[str, None] | None) -> None:
+        self.affinity.touched = value
 
     def _select(self, strategy: Strategy, now: float, exclude: Collection[str]) -> Account | None:
         """selection.choose over the pool, from the index: O(log n) instead of O(n)."""
@@ -338,14 +362,55 @@ class Pool:
         self._changed(account)
         return account
 
-    def adopt(self, theirs: State) -> None:
-        """Take in what another writer (the CLI, a second proxy) put in the file."""
+    def adopt(self, theirs: State, outside: Outside | None = None) -> None:
+        """Take in what another writer (the CLI, a second proxy) put in the file: `theirs`
+        is the merged state just written. With `outside` (what that writer changed), only that
+        is merged again, so a CLI `pause` at 10,000 accounts costs the event loop microseconds,
+        not a second; without it, everything."""
         # No change count here: the file already holds what this process had when it saved.
+        if outside is not None and self._adopt_changes(theirs, outside):
+            return
         self.state = merge(self.state, theirs, self.unsaved_requests, self.affinity.table)
         self._by_id = {a.id: a for a in self.accounts}
-        self._fast = None  # new account objects: the next decision re-indexes them
-        self.unsaved_accounts = self.unsaved_conversations = None  # the next save checks all
+        if self._fast is not None and not self._fast.adopt(self.accounts):
+            self._fast = None  # other accounts: the next decision re-indexes them
+        self.unsaved_accounts = None  # the next save checks all (and all conversations:)
         self.affinity.load(self.state.conversations, time.time())
+
+    def _adopt_changes(self, theirs: State, outside: Outside) -> bool:
+        """Merge the accounts another writer changed into this pool's own objects, in place
+        (the index and every reference stay valid), and take its newer conversations. False
+        when the pool's accounts are not the file's (then the caller merges everything)."""
+        mine, merged, accounts = self.accounts, theirs.accounts, outside.accounts
+        if accounts is None or len(mine) != len(merged):
+            return False
+        for account_id, pos in accounts.items():
+            if mine[pos].id != account_id or merged[pos].id != account_id:
+                return False
+        results = [
+            (mine[pos], merge_account(mine[pos], merged[pos], self.unsaved_requests[account_id]))
+            for account_id, pos in accounts.items()
+        ]
+        if any(a.name != r.name for a, r in results):  # a rename: names must stay unique
+            names = [a.name for a in mine if a.id not in accounts] + [r.name for _, r in results]
+            if len(set(names)) < len(names):
+                return False
+        for account, result in results:
+            account.__dict__.update(result.__dict__)  # every field, already validated
+            if self.unsaved_accounts is not None:
+                self.unsaved_accounts.add(account.id)  # the next save compares it again
+            if self._fast is not None:
+                self._fast.touch(account)
+        table, now = self.affinity.table, time.time()
+        for key, (account_id, seen_at) in outside.conversations.items():
+            current = table.get(key)
+            fresh = now - seen_at <= self.affinity.ttl
+            # At the same time the file's wins, as in merge_conversations.
+            if fresh and account_id in self._by_id and (current is None or current[1] <= seen_at):
+                table[key] = (account_id, seen_at)  # in the file already: not to be saved
+        while len(table) > self.affinity.capacity:
+            table.popitem(last=False)
+        return True
 
     # -- showing --------------------------------------------------------------------------
     def rows(self, now: float) -> list[dict[str, Any]]:

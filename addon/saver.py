@@ -7,8 +7,9 @@ proxy keeps routing from memory and tries again on the next tick.
 The worker thread shares the GIL with the event loop, so its work is kept small: it redoes only
 what the pool says changed (statefile.StateFile.sync with `changed`; every FULL_CHECK_EVERY
 seconds, and after adopting another writer's file, it compares everything instead), and the
-saver waits at least 1/MAX_SHARE times as long as the last save took before the next one, so
-saving a very large pool never takes more than that share of the process's time.
+saver waits at least 1/MAX_SHARE times as long as the last save took before the next one (at
+most MAX_INTERVAL), so saving a very large pool never takes more than that share of the
+process's time.
 """
 
 from __future__ import annotations
@@ -21,17 +22,34 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
+from addon.merge import Outside
 from addon.pool import Pool
 from addon.state import State
 from addon.statefile import StateFile, StateFileError
+
+try:
+    import resource
+
+    _RUSAGE_THREAD: int | None = resource.RUSAGE_THREAD  # Linux
+except (ImportError, AttributeError):
+    _RUSAGE_THREAD = None
 
 logger = logging.getLogger(__name__)
 
 FULL_CHECK_EVERY = 60.0  # seconds between saves that compare every account
 MAX_SHARE = 0.02  # of the CPU time the saving thread may take, averaged over saves
+MAX_INTERVAL = 10.0  # seconds: however long one save took (reading another writer's big file)
 # While a save runs, the interpreter switches threads this often (default 5 ms): the event
 # loop, waiting for the GIL the saving thread holds, then waits at most this long.
 SWITCH_INTERVAL = 0.0005
+
+
+def _python_time() -> float:
+    """CPU seconds this thread spent outside the kernel: the time it may have held the GIL
+    (writing and fsyncing the file is kernel time, without the GIL)."""
+    if _RUSAGE_THREAD is not None:
+        return resource.getrusage(_RUSAGE_THREAD).ru_utime
+    return time.thread_time()
 
 
 @contextmanager
@@ -58,11 +76,15 @@ class Saver:
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(max(self.interval, self.cost / MAX_SHARE))
+            await asyncio.sleep(self.pause())
             try:
                 await self.tick()
             except Exception:  # the saver must outlive any surprise
                 logger.exception("quota-router: unexpected error while saving state")
+
+    def pause(self) -> float:
+        """Seconds until the next tick: the interval, or longer after an expensive save."""
+        return max(self.interval, min(MAX_INTERVAL, self.cost / MAX_SHARE))
 
     async def tick(self) -> None:
         external = await asyncio.to_thread(self.file.changed_since_known)
@@ -76,7 +98,7 @@ class Saver:
             unsaved = self._take_unsaved()
             changed, conversations = self._take_changes()
             try:
-                merged, external = await asyncio.to_thread(
+                merged, outside = await asyncio.to_thread(
                     self._sync, unsaved, conversations, changed
                 )
             except (StateFileError, OSError) as e:
@@ -85,8 +107,8 @@ class Saver:
                 self._failed(e)
                 return False
             self._saved(changes)
-            if external:
-                self.pool.adopt(merged)
+            if outside is not None:
+                self.pool.adopt(merged, outside)
             return True
 
     def flush(self) -> bool:
@@ -111,14 +133,16 @@ class Saver:
         changed, touched = pool.unsaved_accounts, pool.unsaved_conversations
         pool.unsaved_accounts, pool.unsaved_conversations = set(), {}
         table = pool.affinity.table
-        if (
-            changed is None
-            or touched is None
-            or now - self._last_full >= FULL_CHECK_EVERY
-            or self.file.changed_since_known()  # another writer: merge with everything
-        ):
-            self._last_full = now
-            return None, table.copy()  # O(n) but a C-level copy
+        try:
+            external = self.file.changed_since_known()  # another writer: merge everything
+        except OSError:
+            external = True  # the save itself will say what is wrong
+        if changed is None or external or now - self._last_full >= FULL_CHECK_EVERY:
+            changed, self._last_full = None, now
+        if touched is None or external:
+            return changed, table.copy()  # O(n) but a C-level copy
+        # Conversations change only through the pool, which keeps track: the others are in
+        # the file already.
         return changed, {key: table[key] for key in touched if key in table}
 
     def _sync(
@@ -126,14 +150,14 @@ class Saver:
         unsaved: Counter[str],
         conversations: Mapping[str, tuple[str, float]],
         changed: set[str] | None,
-    ) -> tuple[State, bool]:
+    ) -> tuple[State, Outside | None]:
         """The worker thread's part, timed in CPU seconds."""
-        started = time.thread_time()
+        started = _python_time()
         try:
             with _switching(SWITCH_INTERVAL):
                 return self.file.sync(self.pool.state, unsaved, conversations, changed)
         finally:
-            self.cost = time.thread_time() - started
+            self.cost = _python_time() - started
 
     def _take_unsaved(self) -> Counter[str]:
         unsaved, self.pool.unsaved_requests = self.pool.unsaved_requests, Counter()

@@ -20,8 +20,9 @@ from pathlib import Path
 import pydantic
 import tomli_w
 
-from addon.merge import merge
-from addon.state import State
+from addon import sections
+from addon.merge import Outside, merge, outside_changes
+from addon.state import Account, Conversation, State
 from addon.synccache import SyncCache
 
 try:
@@ -98,9 +99,31 @@ def parse(text: str, path: Path) -> State:
     except RecursionError:  # tomllib recurses into nested arrays and inline tables
         raise StateFileError(f"{path}: not valid TOML: nested too deeply") from None
     try:
-        return State.model_validate(data)
+        return _validate(data)
     except pydantic.ValidationError as e:
         raise StateFileError(f"{path}: invalid state: {_describe(e, data, text)}") from None
+
+
+def _validate(data: object) -> State:
+    """State.model_validate(data), one item at a time: the same State, but never one long C
+    call. Validating 30,000 items in one call holds the GIL for about a second, and a worker
+    thread reading another writer's file would stall the event loop that long. On any problem
+    the whole validation runs again, for its exact error message."""
+    if isinstance(data, dict):
+        accounts, conversations = data.get("accounts", []), data.get("conversations", [])
+        if isinstance(accounts, list) and isinstance(conversations, list):
+            try:
+                shell = State.model_validate({**data, "accounts": [], "conversations": []})
+                state = State.model_construct(
+                    version=shell.version,
+                    accounts=[Account.model_validate(a) for a in accounts],
+                    conversations=[Conversation.model_validate(c) for c in conversations],
+                )
+                state._unique()  # what State's own validator checks
+                return state
+            except ValueError:  # pydantic.ValidationError too: described below
+                pass
+    return State.model_validate(data)
 
 
 def dumps(state: State) -> str:
@@ -137,17 +160,30 @@ class StateFile:
         text = self._read_text()
         return None if text is None else parse(text, self.path)
 
-    def _read_text(self) -> str | None:
+    def _read_bytes(self) -> bytes | None:
         try:
-            raw = self.path.read_bytes()
+            return self.path.read_bytes()
         except FileNotFoundError:
             return None
         except OSError as e:
             raise StateFileError(f"{self.path}: cannot read: {e.strerror}") from None
+
+    def _read_text(self) -> str | None:
+        raw = self._read_bytes()
+        return None if raw is None else self._decode(raw)
+
+    def _decode(self, raw: bytes) -> str:
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError as e:
             raise StateFileError(f"{self.path}: not UTF-8 text (byte {e.start})") from None
+
+    def _reread(self, raw: bytes, known: State | None) -> State:
+        """Another writer's file, read section by section: what this process wrote and is
+        unchanged comes back as the very objects it wrote (see sections.py)."""
+        reuse = self._cache.texts(known) if known is not None else {}
+        state = sections.parse_reusing(raw, reuse)
+        return state if state is not None else parse(self._decode(raw), self.path)
 
     def load(self) -> State:
         """The state on disk (empty when missing), remembered as this process's known state.
@@ -284,12 +320,13 @@ class StateFile:
         unsaved_requests: Mapping[str, int],
         conversations: Mapping[str, tuple[str, float]] | None = None,
         changed: Collection[str] | None = None,
-    ) -> tuple[State, bool]:
+    ) -> tuple[State, Outside | None]:
         """Merge this process's state with the file's and write the result (the proxy's way).
 
-        Returns the merged state and whether the file held changes from another writer, in which
-        case the caller adopts the merged state. Raises StateFileError when the file on disk is
-        invalid (it is then left alone) and OSError when it cannot be written.
+        Returns the merged state and, when the file held changes from another writer, what they
+        were (the caller then adopts the merged state), else None. Raises StateFileError when
+        the file on disk is invalid (it is then left alone) and OSError when it cannot be
+        written.
 
         `changed`, when given, holds the ids of every account of `mine` changed since the last
         sync (the others are then not compared), and `conversations` may then hold only the
@@ -297,21 +334,24 @@ class StateFile:
         """
         with self.locked():
             current = fingerprint(self.path)
+            outside = None
             if self._known is not None and current == self._known[0]:
-                theirs, external = self._known[1], False
+                theirs = self._known[1]
             else:
-                text = self._read_text()
-                if text is not None and not text.strip() and self._known is not None:
+                raw = self._read_bytes()
+                if raw is not None and (not raw or raw.isspace()) and self._known is not None:
                     # Truncated by an editor that is about to write, or by mistake: taking it
                     # in would erase every account and credential this process holds.
                     raise StateFileError(
                         f"{self.path}: the file is empty; not taken in (remove accounts with "
                         "the CLI, not by emptying the file)"
                     )
-                theirs, external = (State() if text is None else parse(text, self.path)), True
                 if current is None and self._known is not None:
-                    external = False  # deleted under us: write ours back
-                    theirs = self._known[1]
+                    theirs = self._known[1]  # deleted under us: write ours back
+                else:
+                    known = self._known[1] if self._known is not None else None
+                    theirs = State() if raw is None else self._reread(raw, known)
+                    outside = outside_changes(known, theirs)
             cache = self._cache
             cache.changed = changed
             try:
@@ -328,4 +368,4 @@ class StateFile:
                 cache.discard()
                 raise
             cache.commit(merged)
-            return merged, external
+            return merged, outside

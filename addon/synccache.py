@@ -25,8 +25,9 @@ writer's file, two sightings at the very same time), the full computation runs.
 
 from __future__ import annotations
 
+import heapq
 from bisect import bisect_left, bisect_right
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from itertools import repeat
 from typing import Any
 
@@ -63,6 +64,13 @@ def _seen_at(conversation: Conversation) -> float:
     return conversation.seen_at
 
 
+def _sorted(items: list[Any], key: Callable[[Any], Any]) -> list[Any]:
+    """sorted(items, key=key), in steps: slices sorted one by one (one C call each) and merged
+    (stable, as sorted is). One sort of 20,000 items holds the GIL for milliseconds."""
+    runs = [sorted(items[i : i + SLICE], key=key) for i in range(0, len(items), SLICE)]
+    return runs[0] if len(runs) == 1 else list(heapq.merge(*runs, key=key))
+
+
 class SyncCache:
     def __init__(self) -> None:
         self.changed: Collection[str] | None = None  # for the next merge; None: compare all
@@ -77,11 +85,15 @@ class SyncCache:
         self._table: dict[str, tuple[str, float]] = {}  # the conversations last written
         self._ids: set[str] = set()  # the account ids the conversations were filtered for
         self._next_table: dict[str, tuple[str, float]] | None = None
+        # What _merge_into_written changed in place: (list, list steps, table entries, how
+        # many items were retired before).
+        self._undo: tuple[list[Conversation], list[Any], list[Any], int] | None = None
         # TOML text by id() of an account or conversation written (the object is kept, so its
         # id cannot be reused): merged accounts are never changed once written (the pool works
         # on copies) and conversations are frozen.
         self._text: dict[int, bytes] = {}
         self._alive: dict[int, Any] = {}
+        self._retired: list[Any] = []  # replaced by the pending merge: their text goes
 
     # -- merging (stand-ins for merge.merge_accounts / merge.merge_conversations) ------------
     def merge_list(
@@ -99,6 +111,8 @@ class SyncCache:
                 pos = self._positions.get(account_id)
                 if pos is not None and account_id in own:
                     merged[pos] = self._merge(own[account_id], theirs[pos], unsaved_requests)
+                    if merged[pos] is not theirs[pos]:
+                        self._retired.append(theirs[pos])
             return merged
         self._replace_all = True
         result = []
@@ -118,6 +132,7 @@ class SyncCache:
                 result.append(account)  # unchanged since it was merged into what is on disk
             else:
                 result.append(self._merge(mine, account, unsaved_requests))
+                self._retired.append(account)
         return result
 
     def _merge(
@@ -146,7 +161,12 @@ class SyncCache:
         self, mine: Mapping[str, tuple[str, float]], theirs: list[Conversation]
     ) -> list[Conversation] | None:
         """The last list written, with this process's newer sightings moved into place; None
-        when that might not give exactly merge_conversations' order (then it runs)."""
+        when that might not give exactly merge_conversations' order (then it runs).
+
+        The list and table written last are changed in place, not copied: a new 20,000-entry
+        list per save would be walked by the garbage collector (milliseconds, holding the GIL)
+        until it grows old. What is changed is logged, and undone when the save fails.
+        """
         table = self._table
         changes = []
         for key, value in mine.items():
@@ -160,28 +180,57 @@ class SyncCache:
             return theirs
         if len({value[1] for _key, value, _old in changes}) < len(changes):
             return None  # two sightings at one time: keep merge_conversations' order
-        result = list(theirs)
+        self._undo = (theirs, [], [], len(self._retired))
+        steps, entries = self._undo[1], self._undo[2]
         for _key, _value, old in changes:  # out of the list first (it is sorted by seen_at)
             if old is not None:
-                lo = bisect_left(result, old[1], key=_seen_at)
-                hi = bisect_right(result, old[1], lo=lo, key=_seen_at)
+                lo = bisect_left(theirs, old[1], key=_seen_at)
+                hi = bisect_right(theirs, old[1], lo=lo, key=_seen_at)
                 if hi - lo != 1:
+                    self._rollback()
                     return None  # two sightings at one time: keep merge_conversations' order
-                del result[lo]
-        for key, (account_id, seen_at), _old in changes:
-            pos = bisect_left(result, seen_at, key=_seen_at)
-            if pos < len(result) and result[pos].seen_at == seen_at:
+                steps.append((lo, theirs[lo]))
+                self._retired.append(theirs[lo])
+                del theirs[lo]
+        for key, value, old in changes:
+            account_id, seen_at = value
+            pos = bisect_left(theirs, seen_at, key=_seen_at)
+            if pos < len(theirs) and theirs[pos].seen_at == seen_at:
+                self._rollback()
                 return None
-            result.insert(pos, Conversation(key=key, account_id=account_id, seen_at=seen_at))
-        written = table.copy()
-        written.update((key, value) for key, value, _old in changes)
-        excess = len(result) - merging.MAX_CONVERSATIONS  # the oldest go (as they would)
+            theirs.insert(pos, Conversation(key=key, account_id=account_id, seen_at=seen_at))
+            steps.append((pos, None))
+            entries.append((key, old))
+            table[key] = value
+        excess = len(theirs) - merging.MAX_CONVERSATIONS  # the oldest go (as they would)
         if excess > 0:
-            for c in result[:excess]:
-                del written[c.key]
-            del result[:excess]
-        self._next_table = written
-        return result
+            cut = theirs[:excess]
+            self._retired += cut
+            for c in cut:
+                entries.append((c.key, table.pop(c.key)))
+            steps.append((-1, cut))
+            del theirs[:excess]
+        self._next_table = table
+        return theirs
+
+    def _rollback(self) -> None:
+        """Undo what _merge_into_written changed in place."""
+        if self._undo is None:
+            return
+        (written, steps, entries, retired), self._undo = self._undo, None
+        del self._retired[retired:]
+        for pos, item in reversed(steps):
+            if pos == -1:
+                written[0:0] = item
+            elif item is None:
+                del written[pos]
+            else:
+                written.insert(pos, item)
+        for key, old in reversed(entries):
+            if old is None:
+                del self._table[key]
+            else:
+                self._table[key] = old
 
     def _merge_table_fully(
         self,
@@ -195,7 +244,7 @@ class SyncCache:
         for key, (account_id, seen_at) in mine.items():
             if key not in table or table[key][1] < seen_at:
                 table[key] = (account_id, seen_at)
-        newest = sorted(table.items(), key=_seen)[-merging.MAX_CONVERSATIONS :]
+        newest = _sorted(list(table.items()), key=_seen)[-merging.MAX_CONVERSATIONS :]
         result = []
         for key, (account_id, seen_at) in newest:
             if account_id not in accounts:
@@ -205,6 +254,8 @@ class SyncCache:
                 c = Conversation(key=key, account_id=account_id, seen_at=seen_at)
             result.append(c)
         self._next_table = {c.key: (c.account_id, c.seen_at) for c in result}
+        kept = set(map(id, result))
+        self._retired += [c for c in theirs if id(c) not in kept]
         return result
 
     def commit(self, state: State) -> None:
@@ -212,14 +263,18 @@ class SyncCache:
         if self._replace_all:
             self._merged = self._pending
             self._positions = {a.id: i for i, a in enumerate(state.accounts)}
+            self._ids = set(self._positions)
         else:
             self._merged.update(self._pending)
-        self._pending = {}
+        self._pending, self._undo = {}, None
         self._accounts = state.accounts
         if self._next_table is not None:
             self._table, self._next_table = self._next_table, None
             self._conversations = state.conversations
-            self._ids = set(self._positions)
+        for item in self._retired:  # keeps the text cache as big as the state, not bigger
+            self._text.pop(id(item), None)
+            self._alive.pop(id(item), None)
+        self._retired = []
         if len(self._alive) > 2 * (len(state.accounts) + len(state.conversations)) + 64:
             keep = {id(item): item for item in (*state.accounts, *state.conversations)}
             self._text = {i: t for i, t in self._text.items() if i in keep}
@@ -227,7 +282,18 @@ class SyncCache:
 
     def discard(self) -> None:
         """The merge was not written."""
-        self._pending, self._next_table = {}, None
+        self._rollback()
+        self._pending, self._next_table, self._retired = {}, None, []
+
+    def texts(self, state: State) -> dict[bytes, Any]:
+        """The TOML text this process wrote for each account and conversation of `state` it
+        wrote, to the object (sections.parse_reusing gives these back for unchanged text)."""
+        text, alive = self._text, self._alive
+        return {
+            text[id(item)]: item
+            for item in (*state.accounts, *state.conversations)
+            if alive.get(id(item)) is item
+        }
 
     # -- writing ---------------------------------------------------------------------------
     def pieces(self, state: State, header: str) -> list[bytes]:

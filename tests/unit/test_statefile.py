@@ -17,7 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from addon import statefile
-from addon.pool import Pool
+from addon.pool import Choice, Pool
+from addon.selection import Strategy
 from addon.state import Account, Block, Credentials, Plan, State, Status, Window
 from addon.statefile import HEADER, StateFile, StateFileError, default_path, dumps, parse
 from addon.usage import LimitHit, UsageReport, WindowReport
@@ -107,6 +108,33 @@ def test_numbers_survive_the_round_trip_exactly(percent: float, seen: float, res
     window = Window(used_percent=percent, reset_at=reset, observed_at=seen)
     state = State(accounts=[account("a", primary=window)])
     assert parse(dumps(state), Path("mem.toml")) == state
+
+
+def test_reading_item_by_item_gives_what_one_validation_gives() -> None:
+    import tomllib
+
+    from addon.state import Conversation
+
+    state = State(
+        accounts=[account(f"a{i}", requests=i, priority=i % 3) for i in range(40)],
+        conversations=[
+            Conversation(key=f"k{i}", account_id="x", seen_at=1_800_000_000 + i) for i in range(50)
+        ],
+    )
+    text = dumps(state)
+    read = parse(text, Path("mem.toml"))
+    whole = State.model_validate(tomllib.loads(text))
+    assert read == whole == state
+    assert [type(a) for a in read.accounts] == [Account] * 40
+    assert dumps(read) == text
+    # One bad item anywhere: the error of a whole validation, naming it.
+    bad = text.replace('name = "a31"', 'name = "a 31"')
+    with pytest.raises(StateFileError, match=r"accounts\[31\]\.name"):
+        parse(bad, Path("mem.toml"))
+    with pytest.raises(StateFileError, match="share the name 'a1'"):
+        parse(text.replace('name = "a2"', 'name = "a1"'), Path("mem.toml"))
+    with pytest.raises(StateFileError, match="surprise: Extra inputs"):
+        parse("surprise = 1\n" + text, Path("mem.toml"))
 
 
 def test_the_file_is_private_even_with_umask_zero(state_path: Path, umask_zero: None) -> None:
@@ -379,10 +407,10 @@ class Proxy:
 
     def save(self) -> bool:
         unsaved, self.pool.unsaved_requests = self.pool.unsaved_requests, Counter()
-        merged, external = self.file.sync(self.pool.state, unsaved)
-        if external:
-            self.pool.adopt(merged)
-        return external
+        merged, outside = self.file.sync(self.pool.state, unsaved)
+        if outside is not None:
+            self.pool.adopt(merged, outside)
+        return outside is not None
 
     def route(self, name: str, times: int = 1) -> None:
         for _ in range(times):
@@ -422,6 +450,27 @@ def test_sync_keeps_a_pause_and_a_resume_made_by_the_cli(state_path: Path) -> No
     assert disk["a"].requests == 1
     assert proxy.pool.get("a").status is Status.PAUSED  # adopted
     assert proxy.pool.get("b").status is Status.ACTIVE
+
+
+def test_another_writers_change_is_taken_in_without_redoing_the_rest(state_path: Path) -> None:
+    write_state(state_path, account("a"), account("b"), account("c"))
+    proxy = Proxy(state_path)
+    objects = list(proxy.pool.accounts)
+    proxy.pool.choose(Strategy.FILL_FIRST, time.time())  # builds the selection index
+    index = proxy.pool._fast
+    cli(state_path, lambda pool: pool.pause("b"))
+    proxy.route("a")
+    assert proxy.save() is True
+    # The pool's own objects, merged in place: references held elsewhere stay valid.
+    assert all(x is y for x, y in zip(proxy.pool.accounts, objects, strict=True))
+    assert proxy.pool._fast is index
+    assert proxy.pool.get("b").status is Status.PAUSED
+    assert on_disk(state_path)["b"].status is Status.PAUSED
+    assert on_disk(state_path)["a"].requests == 1
+    choice = proxy.pool.choose(Strategy.FILL_FIRST, time.time(), exclude={proxy.pool.get("a").id})
+    assert (
+        isinstance(choice, Choice) and choice.account.name == "c"
+    )  # the index knows "b" is paused
 
 
 def test_sync_keeps_an_import_and_a_removal_made_by_the_cli(state_path: Path) -> None:

@@ -7,6 +7,7 @@ import random
 import time
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -93,9 +94,12 @@ def test_conversations_merge_into_the_written_list_exactly(
                 assert known is not None
                 table = pool.affinity.table.copy()
                 expected = merge(pool.state, known[1], {}, table)
-                touched = pool.unsaved_conversations or {}
+                touched = pool.unsaved_conversations
                 pool.unsaved_accounts, pool.unsaved_conversations = set(), {}
-                partial = table if full else {k: table[k] for k in touched if k in table}
+                if full or touched is None:  # as the saver does: all of them when unknown
+                    partial = table
+                else:
+                    partial = {k: table[k] for k in touched if k in table}
                 merged, _ = file.sync(pool.state, {}, partial, None if full else set())
                 assert merged.conversations == expected.conversations
     finally:
@@ -124,7 +128,7 @@ def test_incremental_saves_equal_full_merges(count: int, ops: list) -> None:
         )
         file = StateFile(path)
         pool = Pool(file.load(), rng=random.Random(1))
-        now = time.time()
+        now = NOW + 100.0  # after every stamp build_account gives: a clock that only moves on
         for op, n, save in ops:
             account = pool.accounts[n % len(pool.accounts)]
             now += 1
@@ -138,7 +142,7 @@ def test_incremental_saves_equal_full_merges(count: int, ops: list) -> None:
             elif op == "pause":
                 pool.mark(account, Status.PAUSED if n % 2 else Status.ACTIVE)
             elif op == "direct":  # changed in place, not through the pool
-                account.email = f"x{n}@example.com"
+                account.last_used_at = int(now)
                 pool.unsaved_accounts = None  # what the saver's periodic full check is for
             elif op == "conversation":
                 pool._set_owner(key(n % 9), account, now)
@@ -147,7 +151,7 @@ def test_incremental_saves_equal_full_merges(count: int, ops: list) -> None:
             if save == "none":
                 continue
             if save == "other writer":  # another writer changed the file meanwhile
-                StateFile(path).edit(lambda s, n=n: setattr(s.accounts[0], "requests", n))
+                StateFile(path).edit(lambda s, n=n, now=now: other_writer(s, n, now))
             known = file._known
             assert known is not None
             disk = parse(path.read_text(), path)
@@ -167,8 +171,29 @@ def test_incremental_saves_equal_full_merges(count: int, ops: list) -> None:
                 merged, external = file.sync(pool.state, unsaved, table)
             assert merged == expected
             assert parse(path.read_text(), path) == expected
-            if external:
-                pool.adopt(merged)
+            if external is not None:
+                whole = Pool(pool.state.model_copy(deep=True))  # what adopting everything gives
+                whole.unsaved_requests = pool.unsaved_requests.copy()
+                whole.affinity.table = pool.affinity.table.copy()
+                whole.adopt(merged)
+                pool.adopt(merged, external)  # only what the other writer changed
+                assert pool.state.accounts == whole.state.accounts
+                assert dict(pool.affinity.table) == dict(whole.affinity.table)
+
+
+def other_writer(state: State, n: int, now: float) -> None:
+    """What the CLI or a second proxy may change: counts, status, settings, conversations
+    (status and settings stamped by the clock the pool's own pause and rename use)."""
+    account = state.accounts[n % len(state.accounts)]
+    account.requests += n % 5
+    if n % 3 == 0:
+        account.status = Status.PAUSED if account.status is Status.ACTIVE else Status.ACTIVE
+        account.status_at = time.time()
+    if n % 4 == 1:
+        account.priority, account.settings_at = n % 7, time.time()
+    if n % 5 == 2:
+        owner = state.accounts[(n + 1) % len(state.accounts)].id
+        state.conversations.append(Conversation(key=key(n % 9), account_id=owner, seen_at=now))
 
 
 def test_a_state_with_many_entries_saves_again_quickly(tmp_path: Path) -> None:
@@ -186,3 +211,45 @@ def test_a_state_with_many_entries_saves_again_quickly(tmp_path: Path) -> None:
     disk = parse(path.read_text(), path)
     assert disk.accounts[7].requests == 1 and len(disk.conversations) == 5001
     assert again < 0.5, again  # a full merge and dump of this state takes seconds
+
+
+def test_a_failed_write_undoes_the_in_place_merge(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from addon import statefile
+
+    path = tmp_path / "state.toml"
+    StateFile(path).edit(lambda s: s.accounts.extend(build_account(f"a{i}") for i in range(3)))
+    file = StateFile(path)
+    pool = Pool(file.load())
+    for i in range(5):
+        pool._set_owner(key(i), pool.accounts[i % 3], NOW + i)
+    file.sync(pool.state, {}, pool.affinity.table.copy())
+    known = file._known
+    assert known is not None
+    before = [c.model_copy() for c in known[1].conversations]
+    # new sightings: one moves, one is new; then the rename over the file fails
+    pool._set_owner(key(1), pool.accounts[2], NOW + 10)
+    pool._set_owner(key(9), pool.accounts[0], NOW + 11)
+    partial = {k: pool.affinity.table[k] for k in (key(1), key(9))}
+
+    def fail(src: object, dst: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(statefile.os, "replace", fail)
+    with pytest.raises(OSError):
+        file.sync(pool.state, {}, partial, set())
+    monkeypatch.undo()
+    assert known[1].conversations == before  # what the file holds, still
+    expected = merge(pool.state, known[1], {}, pool.affinity.table.copy())
+    merged, _ = file.sync(pool.state, {}, partial, set())
+    assert merged.conversations == expected.conversations
+    assert parse(path.read_text(), path).conversations == expected.conversations
+
+
+@given(st.lists(st.sampled_from([1.0, 2.0, 2.5, 3.0]), max_size=3000))
+def test_sorting_in_steps_gives_sorted_order_exactly(keys: list[float]) -> None:
+    from addon.synccache import _sorted
+
+    items = list(enumerate(keys))  # equal keys keep their order, as with sorted()
+    assert _sorted(items, key=lambda item: item[1]) == sorted(items, key=lambda item: item[1])

@@ -1,0 +1,125 @@
+"""saver.py: saves only what changed, checks everything now and then, never hogs the process."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from addon import saver as saver_module
+from addon.pool import Pool
+from addon.saver import Saver
+from addon.state import Status, Window
+from addon.statefile import StateFile
+from addon.usage import UsageReport, WindowReport
+from tests.unit.conftest import build_account
+
+
+def on_disk(path: Path) -> dict[str, object]:
+    state = StateFile(path).read()
+    assert state is not None
+    return {a.name: a for a in state.accounts}
+
+
+def setup(path: Path) -> tuple[Pool, Saver]:
+    StateFile(path).edit(lambda s: s.accounts.extend([build_account("a"), build_account("b")]))
+    file = StateFile(path)
+    pool = Pool(file.load())
+    return pool, Saver(pool, file)
+
+
+def test_saves_between_full_checks_write_what_the_pool_changed(state_path: Path) -> None:
+    pool, saver = setup(state_path)
+    assert asyncio.run(saver.save())  # the first one compares everything
+    a = pool.get("a")
+    pool.record_route(a, 1_800_000_000)
+    pool.record_usage(a, UsageReport(WindowReport(42.0), None), 1_800_000_000)
+    pool.pause("b")
+    assert asyncio.run(saver.save())
+    disk = on_disk(state_path)
+    assert disk["a"].requests == 1  # type: ignore[attr-defined]
+    assert disk["a"].primary.used_percent == 42.0  # type: ignore[attr-defined]
+    assert disk["b"].status is Status.PAUSED  # type: ignore[attr-defined]
+
+
+def test_a_change_made_behind_the_pool_is_saved_by_the_next_full_check(
+    state_path: Path,
+) -> None:
+    pool, saver = setup(state_path)
+    asyncio.run(saver.save())
+    seen = Window(used_percent=77.0, observed_at=time.time())
+    pool.get("a").primary = seen  # not through the pool: not tracked
+    pool.record_route(pool.get("b"), 1_800_000_000)  # something else to save
+    asyncio.run(saver.save())
+    assert on_disk(state_path)["a"].primary != seen  # type: ignore[attr-defined]
+    saver._last_full -= saver_module.FULL_CHECK_EVERY  # a minute later
+    pool.record_route(pool.get("b"), 1_800_000_001)
+    asyncio.run(saver.save())
+    assert on_disk(state_path)["a"].primary == seen  # type: ignore[attr-defined]
+
+
+def test_a_failed_save_keeps_the_counts_and_checks_everything_next(
+    state_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool, saver = setup(state_path)
+    asyncio.run(saver.save())
+    pool.record_route(pool.get("a"), 1_800_000_000)
+
+    def fail(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(saver.file, "sync", fail)
+    assert asyncio.run(saver.save()) is False
+    assert pool.unsaved_requests[pool.get("a").id] == 1
+    assert pool.unsaved_accounts is None  # the next save compares every account
+    monkeypatch.undo()
+    assert asyncio.run(saver.save())
+    assert on_disk(state_path)["a"].requests == 1  # type: ignore[attr-defined]
+
+
+def test_saving_restores_the_interpreter_switch_interval(state_path: Path) -> None:
+    before = sys.getswitchinterval()
+    _pool, saver = setup(state_path)
+    asyncio.run(saver.save())
+    assert sys.getswitchinterval() == before
+    assert saver.cost >= 0
+
+
+def test_an_expensive_save_spaces_out_the_next_ones(
+    state_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _pool, saver = setup(state_path)
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        if len(slept) > 2:
+            raise asyncio.CancelledError
+
+    async def tick() -> None:
+        saver.cost = 0.1  # 100 ms of CPU per save
+
+    monkeypatch.setattr(saver_module.asyncio, "sleep", sleep)
+    monkeypatch.setattr(saver, "tick", tick)
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(saver.run())
+    assert slept[0] == saver.interval
+    assert slept[1] == pytest.approx(0.1 / saver_module.MAX_SHARE)
+    saver.cost = 100.0  # reading a huge file another writer changed: not a reason to wait long
+    assert saver.pause() == saver_module.MAX_INTERVAL
+
+
+def test_an_affinity_entry_set_directly_is_saved_too(state_path: Path) -> None:
+    pool, saver = setup(state_path)
+    asyncio.run(saver.save())
+    pool.affinity.set("client-key", pool.get("a").id, 1_800_000_000)  # not via choose()
+    pool.record_route(pool.get("a"), 1_800_000_000)
+    assert asyncio.run(saver.save())
+    state = StateFile(state_path).read()
+    assert state is not None
+    assert [(c.key, c.account_id) for c in state.conversations] == [
+        ("client-key", pool.get("a").id)
+    ]
