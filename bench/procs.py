@@ -175,12 +175,17 @@ class Proxy:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+def stream_proxy(name: str, upstream: int) -> Proxy:
+    """The fair baseline: mitmdump streaming SSE (as the router does), with the same shim."""
+    return Proxy(name, upstream, scripts=[SHIMS / "stream.py", SHIMS / "chatgpt.py"])
+
+
 def router_proxy(name: str, upstream: int, state: Path, strategy: str = "fill_first") -> Proxy:
     proxy = Proxy(
         name,
         upstream,
-        scripts=[SHIMS / "to_chatgpt.py", ROUTER, SHIMS / "to_upstream.py"],
-        ready=r"quota-router ready: \d+ account",
+        scripts=[ROUTER, SHIMS / "chatgpt.py"],
+        ready=r"quota-router ready",
     )
     copy = proxy.workdir / "router-state.toml"
     shutil.copy(state, copy)
