@@ -7,6 +7,7 @@ live in the core modules.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import sys
@@ -65,6 +66,30 @@ def comment(account: Account, strategy: Strategy, note: str = "") -> str:
 def _body(response: http.Response) -> bytes:
     """The decoded body; as sent when its content-encoding lies (never raises)."""
     return response.get_content(strict=False) or b""
+
+
+def _headers(headers: http.Headers) -> dict[str, str]:
+    """The headers as a plain dict with lower-case names, built in one pass: each lookup in
+    mitmproxy's Headers scans every header, and a request needs a dozen lookups."""
+    found: dict[str, str] = {}
+    for raw_name, raw_value in headers.fields:
+        name = raw_name.decode("utf-8", "surrogateescape").lower()
+        value = raw_value.decode("utf-8", "surrogateescape")
+        found[name] = f"{found[name]}, {value}" if name in found else value  # as Headers joins
+    return found
+
+
+def _snapshot(request: http.Request) -> http.Request:
+    """An independent copy of the request as it is now: Request.copy() goes through a full
+    serialisation round trip with type checks (~80 us); every field but the headers and
+    trailers is immutable, so sharing them is safe (a few us)."""
+    snapshot = copy.copy(request)
+    snapshot.data = copy.copy(request.data)
+    # A header change replaces the tuple of fields: a shallow copy is an independent one.
+    snapshot.data.headers = copy.copy(request.data.headers)
+    if request.data.trailers is not None:
+        snapshot.data.trailers = copy.copy(request.data.trailers)
+    return snapshot
 
 
 def json_response(status: int, body: dict[str, Any]) -> http.Response:
@@ -225,7 +250,7 @@ class Router:
     def _is_placeholder_refresh(self, flow: http.HTTPFlow) -> bool:
         """A client refreshing its placeholder login gets a new placeholder from us."""
         req = flow.request
-        if req.pretty_host != AUTH_HOST or req.path.split("?", 1)[0] != TOKEN_PATH:
+        if req.path.split("?", 1)[0] != TOKEN_PATH or req.pretty_host != AUTH_HOST:
             return False
         body = usage.loads(req.get_content(strict=False) or b"")
         if not isinstance(body, dict) or not placeholder.is_placeholder(body.get("refresh_token")):
@@ -238,11 +263,12 @@ class Router:
 
     async def _route(self, flow: http.HTTPFlow) -> None:
         req, now = flow.request, time.time()
-        is_websocket = req.headers.get("upgrade", "").lower() == "websocket"
+        headers = _headers(req.headers)
+        is_websocket = headers.get("upgrade", "").lower() == "websocket"
         body = b"" if is_websocket else (req.get_content(strict=False) or b"")
-        conversation = conversation_key(req.headers, routing.prompt_cache_key(body))
+        conversation = conversation_key(headers, routing.prompt_cache_key(body))
         model = routing.is_model_request(req.path)
-        client = client_key(req.headers)
+        client = client_key(headers)
         pinned = flow.metadata.get(RETRY)
 
         for _ in range(len(self.pool.accounts) + 1):
@@ -276,11 +302,11 @@ class Router:
 
         account = choice.account
         if not pinned and not is_websocket:
-            self._pristine[flow.id] = req.copy()
+            self._pristine[flow.id] = _snapshot(req)
         flow.metadata[META] = {
             "account_id": account.id,
             "account": account.name,
-            "client_account_id": req.headers.get("chatgpt-account-id", ""),
+            "client_account_id": headers.get("chatgpt-account-id", ""),
             "credentials_at": account.credentials.updated_at,
             "conversation": conversation or "",
             "probe": choice.reason == "probe",
@@ -293,7 +319,9 @@ class Router:
         if choice.reason.startswith("moved"):
             logger.warning("quota-router: conversation %s", choice.reason)
         flow.comment = comment(account, choice.strategy, choice.reason)
-        logger.info(
+        # Debug, not info: formatting and printing a line per request costs more than routing
+        # it. The decision is in the flow's comment (mitmweb, saved flows) either way.
+        logger.debug(
             "quota-router: %s %s -> %s (%s)",
             req.method,
             req.path.split("?", 1)[0],
@@ -406,10 +434,11 @@ class Router:
             return
         self._mask(flow)  # sent: a long stream must not keep the token in view meanwhile
         now = time.time()
-        report = usage.from_headers(flow.response.headers, now)
+        headers = _headers(flow.response.headers)
+        report = usage.from_headers(headers, now)
         if report is not None:
             self.pool.record_usage(account, report, now)
-        content_type = flow.response.headers.get("content-type", "")
+        content_type = headers.get("content-type", "")
         if (
             flow.response.status_code == 200
             and content_type.startswith("text/event-stream")
@@ -417,7 +446,7 @@ class Router:
         ):
             flow.response.stream = SSETap(
                 lambda event: self._learn_event(account.id, event),
-                flow.response.headers.get("content-encoding", ""),
+                headers.get("content-encoding", ""),
             )
 
     def _learn_event(self, account_id: str, event: dict[str, object]) -> None:
@@ -612,9 +641,8 @@ class Router:
 
     def _mask(self, flow: http.HTTPFlow) -> None:
         """Keep the pooled token out of flow files, HAR exports and mitmweb once it is sent."""
-        self._unmasked.pop(flow.id, None)
-        if META not in flow.metadata and RETRY not in flow.metadata:
-            return
+        if self._unmasked.pop(flow.id, None) is None:
+            return  # never given a pooled token (only _route gives one), or masked already
         value = flow.request.headers.get("authorization", "")
         if value.startswith("Bearer ") and "…" not in value:
             flow.request.headers["authorization"] = "Bearer " + mask(value[7:])
