@@ -124,8 +124,11 @@ def throughput(settings: Settings, configs: list[Any]) -> dict[str, Any]:
                     duration=settings.duration,
                     warmup=settings.warmup,
                 )
-                cpu[proxy.name] += proxy.cpu_seconds() - before
-                result["cpu_ms_per_request"] = None
+                spent = proxy.cpu_seconds() - before
+                cpu[proxy.name] += spent
+                # The warm-up's requests count too (at about the same rate).
+                served = result["rps"] * (settings.duration + settings.warmup)
+                result["cpu_ms_per_request"] = spent * 1000 / served if served else None
                 runs.setdefault((proxy.name, conns), []).append(result)
                 log(
                     f"throughput {proxy.name} x{conns} round {round_ + 1}: "
@@ -372,7 +375,8 @@ def report(settings: Settings, results: dict[str, Any]) -> str:
 
     lines = [
         f"Machine: {os.cpu_count()} CPUs (nproc {_nproc()}), Python {platform.python_version()}, "
-        f"mitmproxy {mitmproxy.version.VERSION}, {datetime.date.today().isoformat()}, "
+        f"mitmproxy {mitmproxy.version.VERSION}, "
+        f"{results.get('date', datetime.date.today().isoformat())}, "
         f"load average at start {results.get('loadavg', '?')}; "
         f"{'--quick' if settings.quick else 'full run'}.",
         "",
@@ -436,9 +440,9 @@ def _goals(results: dict[str, Any]) -> list[str]:
                 )
     if "streaming" in results:
         data = results["streaming"]
-        base = median([run["ttfb_median_ms"] for run in data["stream"]])
+        base = median(_all_of(data, "stream", "ttfb_ms"))
         for name in sorted((n for n in data if n.startswith("addon-")), key=_order):
-            ttfb = median([run["ttfb_median_ms"] for run in data[name]])
+            ttfb = median(_all_of(data, name, "ttfb_ms"))
             delay = median([run["event_delay_median_ms"] for run in data[name]])
             rows.append(
                 (
@@ -494,8 +498,9 @@ def _throughput_table(settings: Settings, data: dict[str, Any]) -> list[str]:
         "(after a warm-up). Ratios: req/s against `stream` (mitmdump streaming SSE, the fair "
         "baseline) and against `bare` (mitmdump buffering SSE, its default).",
         "",
-        "| config | conns | req/s | vs stream | vs bare | p50 ms | p99 ms | RSS MiB after |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| config | conns | req/s | vs stream | vs bare | p50 ms | p99 ms | proxy CPU ms "
+        "per request | RSS MiB after |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for conns in settings.concurrency:
         base = {n: median([r["rps"] for r in runs.get(f"{n}@{conns}", [])]) for n in names}
@@ -505,7 +510,8 @@ def _throughput_table(settings: Settings, data: dict[str, Any]) -> list[str]:
             lines.append(
                 f"| {name} | {conns} | {rps:.0f} | {rps / base['stream']:.3f} | "
                 f"{rps / base['bare']:.3f} | {median([r['p50_ms'] for r in rs]):.2f} | "
-                f"{median([r['p99_ms'] for r in rs]):.2f} | {data['rss_mib'][name]:.0f} |"
+                f"{median([r['p99_ms'] for r in rs]):.2f} | {_cpu(rs)} | "
+                f"{data['rss_mib'][name]:.0f} |"
             )
     per_round = []
     for conns in settings.concurrency:
@@ -517,6 +523,11 @@ def _throughput_table(settings: Settings, data: dict[str, Any]) -> list[str]:
                 per_round.append(f"{name} x{conns}: " + ", ".join(f"{x:.2f}" for x in ratios))
     lines += ["", "Per-round ratios against `stream`: " + "; ".join(per_round) + ".", ""]
     return lines
+
+
+def _cpu(runs: list[dict[str, Any]]) -> str:
+    values = [r["cpu_ms_per_request"] for r in runs if r.get("cpu_ms_per_request")]
+    return f"{median(values):.2f}" if values else "-"
 
 
 def _order(name: str) -> tuple[int, int]:
@@ -536,20 +547,21 @@ def _streaming_table(data: dict[str, Any]) -> list[str]:
         "|---|---:|---:|---:|---:|",
     ]
     names = sorted(data, key=_order)
-
-    def all_of(name: str, key: str) -> list[float]:
-        out: list[float] = []
-        for run in data[name]:
-            out += run[key] if isinstance(run[key], list) else [run[key]]
-        return out
-
-    base = median(all_of("stream", "ttfb_ms"))
+    base = median(_all_of(data, "stream", "ttfb_ms"))
     for name in names:
-        ttfb = median(all_of(name, "ttfb_ms"))
+        ttfb = median(_all_of(data, name, "ttfb_ms"))
         delay = median([r["event_delay_median_ms"] for r in data[name]])
         worst = max(r["event_delay_max_ms"] for r in data[name])
         lines.append(f"| {name} | {ttfb:.2f} | {ttfb - base:+.2f} | {delay:.2f} | {worst:.2f} |")
     return [*lines, ""]
+
+
+def _all_of(data: dict[str, Any], name: str, key: str) -> list[float]:
+    """Every measurement of `key` over the rounds of one configuration."""
+    out: list[float] = []
+    for run in data[name]:
+        out += run[key] if isinstance(run[key], list) else [run[key]]
+    return out
 
 
 def _selection_table(data: dict[str, Any]) -> list[str]:
@@ -611,10 +623,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--out", type=Path, help="also write the Markdown report here")
+    parser.add_argument(
+        "--render", type=Path, metavar="JSON", help="only print the report of a --json file"
+    )
     args = parser.parse_args(argv)
     settings = Settings(args.quick)
+    if args.render:
+        print(report(settings, json.loads(args.render.read_text())))
+        return 0
     sections = args.only or list(SECTIONS)
-    results: dict[str, Any] = {"loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+    results: dict[str, Any] = {
+        "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "date": datetime.date.today().isoformat(),
+    }
     started = time.monotonic()
     if "throughput" in sections or "streaming" in sections:
         with proxies(settings) as (configs, _upstream):
