@@ -24,7 +24,7 @@ format: $(BIN)/mitmdump
 demo: $(BIN)/mitmdump
 	$(BIN)/python -m tests.demo
 
-# Benchmarks (not part of `make test`): a full run takes ~13 minutes on 2 cores.
+# Benchmarks (not part of `make test`): a full run takes ~10 minutes on 2 cores.
 # `make bench BENCH_ARGS=--quick` for a ~4-minute run; `python -m bench --help` for more.
 BENCH_ARGS ?=
 bench: $(BIN)/mitmdump
