@@ -21,7 +21,7 @@ import tomllib
 from collections.abc import Mapping
 from typing import Any
 
-from addon.state import Account, Conversation, State
+from addon.state import Account, Conversation, State, validate_in_steps
 
 KINDS = {"accounts": Account, "conversations": Conversation}
 _HEADER = re.compile(rb"^\[\[(accounts|conversations)\]\]$", re.MULTILINE)
@@ -66,7 +66,6 @@ def parse_reusing(raw: bytes, reuse: Mapping[bytes, Any]) -> State | None:
                 return None
             lists[kind].extend(items)
     try:
-        shell = State.model_validate({**data, "accounts": [], "conversations": []})
         for chunk in sections:
             known = reuse.get(chunk)
             if known is not None:
@@ -77,16 +76,6 @@ def parse_reusing(raw: bytes, reuse: Mapping[bytes, Any]) -> State | None:
                 return None
             for kind, items in table.items():
                 lists[kind].extend(items)
-        state = State.model_construct(
-            version=shell.version,
-            accounts=[_valid(Account, a) for a in lists["accounts"]],
-            conversations=[_valid(Conversation, c) for c in lists["conversations"]],
-        )
-        state._unique()  # what State's own validator checks
+        return validate_in_steps(data, lists["accounts"], lists["conversations"])
     except ValueError:  # pydantic's ValidationError too: the whole parse describes it
         return None
-    return state
-
-
-def _valid(model: type[Account] | type[Conversation], item: Any) -> Any:
-    return item if type(item) is model else model.model_validate(item)

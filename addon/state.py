@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import uuid
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -159,3 +159,24 @@ class State(_Model):
 
     def by_name(self, name: str) -> Account | None:
         return next((a for a in self.accounts if a.name == name), None)
+
+
+def validate_in_steps(
+    fields: dict[str, Any], accounts: list[Any], conversations: list[Any]
+) -> State:
+    """State.model_validate({**fields, "accounts": ..., "conversations": ...}), one item at a
+    time: the same State, but never one long C call (30,000 items validated in one call hold
+    the GIL for about a second, stalling the event loop while a worker thread reads the file).
+    Items that are validated models already are kept as they are. Raises ValueError (pydantic's
+    ValidationError included) on any problem: the caller then validates the whole, for its
+    exact message."""
+    shell = State.model_validate({**fields, "accounts": [], "conversations": []})
+    state = State.model_construct(
+        version=shell.version,
+        accounts=[a if type(a) is Account else Account.model_validate(a) for a in accounts],
+        conversations=[
+            c if type(c) is Conversation else Conversation.model_validate(c) for c in conversations
+        ],
+    )
+    state._unique()  # what State's own validator checks
+    return state

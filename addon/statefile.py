@@ -22,7 +22,7 @@ import tomli_w
 
 from addon import sections
 from addon.merge import Outside, merge, outside_changes
-from addon.state import Account, Conversation, State
+from addon.state import State, validate_in_steps
 from addon.synccache import SyncCache
 
 try:
@@ -105,22 +105,14 @@ def parse(text: str, path: Path) -> State:
 
 
 def _validate(data: object) -> State:
-    """State.model_validate(data), one item at a time: the same State, but never one long C
-    call. Validating 30,000 items in one call holds the GIL for about a second, and a worker
-    thread reading another writer's file would stall the event loop that long. On any problem
-    the whole validation runs again, for its exact error message."""
+    """State.model_validate(data), in steps (see state.validate_in_steps); on any problem the
+    whole validation runs again, for its exact error message."""
     if isinstance(data, dict):
         accounts, conversations = data.get("accounts", []), data.get("conversations", [])
         if isinstance(accounts, list) and isinstance(conversations, list):
+            fields = {k: v for k, v in data.items() if k not in ("accounts", "conversations")}
             try:
-                shell = State.model_validate({**data, "accounts": [], "conversations": []})
-                state = State.model_construct(
-                    version=shell.version,
-                    accounts=[Account.model_validate(a) for a in accounts],
-                    conversations=[Conversation.model_validate(c) for c in conversations],
-                )
-                state._unique()  # what State's own validator checks
-                return state
+                return validate_in_steps(fields, accounts, conversations)
             except ValueError:  # pydantic.ValidationError too: described below
                 pass
     return State.model_validate(data)
