@@ -87,16 +87,19 @@ class Saver:
         return max(self.interval, min(MAX_INTERVAL, self.cost / MAX_SHARE))
 
     async def tick(self) -> None:
-        external = await asyncio.to_thread(self.file.changed_since_known)
+        external = await asyncio.to_thread(self._external)
         if external or self.pool.version != self.saved_changes:
-            await self.save()
+            await self.save(external)
 
-    async def save(self) -> bool:
-        """Merge and write now. True when the file holds everything the pool had at the call."""
+    async def save(self, external: bool | None = None) -> bool:
+        """Merge and write now. True when the file holds everything the pool had at the call.
+        `external`: whether another writer changed the file (None: not known yet)."""
         async with self._lock:
+            if external is None:
+                external = await asyncio.to_thread(self._external)
             changes = self.pool.version
             unsaved = self._take_unsaved()
-            changed, conversations = self._take_changes()
+            changed, conversations = self._take_changes(external)
             try:
                 merged, outside = await asyncio.to_thread(
                     self._sync, unsaved, conversations, changed
@@ -126,17 +129,23 @@ class Saver:
         self._saved(changes)
         return True
 
-    def _take_changes(self) -> tuple[set[str] | None, Mapping[str, tuple[str, float]]]:
+    def _external(self) -> bool:
+        """Whether another writer changed the file (a stat: off the event loop)."""
+        try:
+            return self.file.changed_since_known()
+        except OSError:
+            return True  # the save itself will say what is wrong
+
+    def _take_changes(
+        self, external: bool
+    ) -> tuple[set[str] | None, Mapping[str, tuple[str, float]]]:
         """What changed since the last save: the ids of changed accounts (None: compare all)
-        and the conversations to merge (all of them, or only those set since)."""
+        and the conversations to merge (all of them, or only those set since). After another
+        writer's change, everything is merged."""
         pool, now = self.pool, time.monotonic()
         changed, touched = pool.unsaved_accounts, pool.unsaved_conversations
         pool.unsaved_accounts, pool.unsaved_conversations = set(), {}
         table = pool.affinity.table
-        try:
-            external = self.file.changed_since_known()  # another writer: merge everything
-        except OSError:
-            external = True  # the save itself will say what is wrong
         if changed is None or external or now - self._last_full >= FULL_CHECK_EVERY:
             changed, self._last_full = None, now
         if touched is None or external:
