@@ -20,12 +20,21 @@ CONVERSATION_HEADERS = ("session-id", "thread-id", "session_id", "conversation_i
 TURN_STATE_HEADER = "x-codex-turn-state"
 
 
-def conversation_key(headers: Mapping[str, str], body_cache_key: str | None = None) -> str | None:
-    """A stable key for the conversation a request belongs to, or None."""
+def header_conversation_key(headers: Mapping[str, str]) -> str | None:
+    """The conversation key from the headers alone (Codex sends the thread id in them): when
+    there is one, the body need not be decoded and searched."""
     for name in CONVERSATION_HEADERS:
         value = headers.get(name)
         if value:
             return _hash("c", value)
+    return None
+
+
+def conversation_key(headers: Mapping[str, str], body_cache_key: str | None = None) -> str | None:
+    """A stable key for the conversation a request belongs to, or None."""
+    found = header_conversation_key(headers)
+    if found is not None:
+        return found
     if body_cache_key:
         return _hash("c", body_cache_key)
     turn_state = headers.get(TURN_STATE_HEADER)

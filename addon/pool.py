@@ -250,6 +250,8 @@ class Pool:
         self._changed(account, choosing=False)
 
     def record_usage(self, account: Account, report: UsageReport, now: float) -> None:
+        if account.block is None and _repeats(account, report, now):
+            return  # the SSE event says what the headers said a moment ago
         if report.primary:
             account.primary = _window(report.primary, now)
         if report.secondary:
@@ -426,6 +428,28 @@ def _first_problem(error: ValueError) -> str:
         field = ".".join(str(p) for p in first["loc"])
         return f"{field}: {first['msg']}"
     return str(error)
+
+
+# Within this many seconds, a report that repeats an account's windows is not news.
+REPEAT_WITHIN = 1.0
+
+
+def _repeats(account: Account, report: UsageReport, now: float) -> bool:
+    for known, reported in (
+        (account.primary, report.primary),
+        (account.secondary, report.secondary),
+    ):
+        if reported is None:
+            continue
+        if (
+            known is None
+            or not 0 <= now - known.observed_at < REPEAT_WITHIN
+            or known.used_percent != reported.used_percent
+            or known.window_minutes != reported.window_minutes
+            or known.reset_at != reported.reset_at
+        ):
+            return False
+    return report.primary is not None or report.secondary is not None
 
 
 def _window(report: WindowReport, now: float) -> Window:

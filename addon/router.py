@@ -7,11 +7,12 @@ live in the core modules.
 from __future__ import annotations
 
 import asyncio
-import copy
+import functools
 import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from mitmproxy import command, ctx, exceptions, http  # noqa: E402
 from mitmproxy.addons.clientplayback import ReplayHandler  # noqa: E402
 
 from addon import answers, placeholder, routing, usage  # noqa: E402
-from addon.affinity import client_key, conversation_key  # noqa: E402
+from addon.affinity import client_key, conversation_key, header_conversation_key  # noqa: E402
 from addon.dashboard import Dashboard  # noqa: E402
 from addon.pool import Choice, Pool, PoolError  # noqa: E402
 from addon.refresh import (  # noqa: E402
@@ -65,6 +66,8 @@ def comment(account: Account, strategy: Strategy, note: str = "") -> str:
 
 def _body(response: http.Response) -> bytes:
     """The decoded body; as sent when its content-encoding lies (never raises)."""
+    if not response.raw_content:
+        return b""  # a streamed answer keeps no body: no need to look for its encoding
     return response.get_content(strict=False) or b""
 
 
@@ -79,16 +82,40 @@ def _headers(headers: http.Headers) -> dict[str, str]:
     return found
 
 
+def _set_headers(headers: http.Headers, values: dict[bytes, bytes]) -> None:
+    """`headers[name] = value` for several lower-case names in one pass (each assignment
+    would scan and rebuild every header): the first header of each name gets the new value in
+    place, later ones are dropped, missing names are appended."""
+    fields, done = [], set()
+    for name, value in headers.fields:
+        key = name.lower()
+        if key in values:
+            if key in done:
+                continue
+            done.add(key)
+            value = values[key]
+        fields.append((name, value))
+    fields.extend((key, value) for key, value in values.items() if key not in done)
+    headers.fields = tuple(fields)
+
+
+def _shallow(obj: Any) -> Any:
+    """copy.copy for a plain object, without copy's generic protocol (3x faster)."""
+    twin = object.__new__(type(obj))
+    twin.__dict__.update(obj.__dict__)
+    return twin
+
+
 def _snapshot(request: http.Request) -> http.Request:
     """An independent copy of the request as it is now: Request.copy() goes through a full
     serialisation round trip with type checks (~80 us); every field but the headers and
     trailers is immutable, so sharing them is safe (a few us)."""
-    snapshot = copy.copy(request)
-    snapshot.data = copy.copy(request.data)
+    snapshot = _shallow(request)
+    snapshot.data = data = _shallow(request.data)
     # A header change replaces the tuple of fields: a shallow copy is an independent one.
-    snapshot.data.headers = copy.copy(request.data.headers)
-    if request.data.trailers is not None:
-        snapshot.data.trailers = copy.copy(request.data.trailers)
+    data.headers = _shallow(data.headers)
+    if data.trailers is not None:
+        data.trailers = _shallow(data.trailers)
     return snapshot
 
 
@@ -108,6 +135,7 @@ class Router:
         self._pristine: dict[str, http.Request] = {}
         # Routed flows whose request still carries a pooled token (masked when answered).
         self._unmasked: dict[str, http.HTTPFlow] = {}
+        self._log_routes = False  # a log line per routed request (termlog_verbosity=debug)
 
     # -- options ---------------------------------------------------------------------------
     def load(self, loader):  # type: ignore[no-untyped-def]
@@ -166,6 +194,8 @@ class Router:
                 "router_probe_interval: must be at least 1 second, "
                 f"not {ctx.options.router_probe_interval}"
             )
+        if "termlog_verbosity" in updated:
+            self._log_routes = getattr(ctx.options, "termlog_verbosity", "") == "debug"
         if "router_state" in updated or "confdir" in updated:
             self._open(self._state_path())
         self.pool.probe_interval = ctx.options.router_probe_interval
@@ -265,8 +295,14 @@ class Router:
         req, now = flow.request, time.time()
         headers = _headers(req.headers)
         is_websocket = headers.get("upgrade", "").lower() == "websocket"
-        body = b"" if is_websocket else (req.get_content(strict=False) or b"")
-        conversation = conversation_key(headers, routing.prompt_cache_key(body))
+        # Decoded (zstd, for Codex) and searched only when needed: Codex names the
+        # conversation in the headers.
+        body = functools.cache(
+            lambda: b"" if is_websocket else (req.get_content(strict=False) or b"")
+        )
+        conversation = header_conversation_key(headers)
+        if conversation is None:
+            conversation = conversation_key(headers, routing.prompt_cache_key(body()))
         model = routing.is_model_request(req.path)
         client = client_key(headers)
         pinned = flow.metadata.get(RETRY)
@@ -319,19 +355,20 @@ class Router:
         if choice.reason.startswith("moved"):
             logger.warning("quota-router: conversation %s", choice.reason)
         flow.comment = comment(account, choice.strategy, choice.reason)
-        # Debug, not info: formatting and printing a line per request costs more than routing
-        # it. The decision is in the flow's comment (mitmweb, saved flows) either way.
-        logger.debug(
-            "quota-router: %s %s -> %s (%s)",
-            req.method,
-            req.path.split("?", 1)[0],
-            account.name,
-            flow.comment,
-        )
+        if self._log_routes:
+            # Only asked for: a log record costs more than routing the request (mitmproxy
+            # hands every record to every addon). The decision is in the flow's comment.
+            logger.debug(
+                "quota-router: %s %s -> %s (%s)",
+                req.method,
+                req.path.split("?", 1)[0],
+                account.name,
+                flow.comment,
+            )
 
     def _decide(
         self,
-        body: bytes,
+        body: Callable[[], bytes],
         conversation: str | None,
         model: bool,
         client: str | None,
@@ -348,22 +385,23 @@ class Router:
         return self.pool.choose(self.strategy, now, conversation)
 
     def _bound_elsewhere(
-        self, body: bytes, conversation: str | None, now: float
+        self, body: Callable[[], bytes], conversation: str | None, now: float
     ) -> answers.Refusal | None:
         """A request that refers to another account's state cannot move: say so clearly."""
         owner = self.pool.owner(conversation, now)
-        if owner is None or not routing.has_account_bound_refs(body):
+        if owner is None:
             return None
         why = skip_reason(owner, now)
-        if why is None:
+        if why is None or not routing.has_account_bound_refs(body()):
             return None
         refusal = self.pool.refusal_for(owner, now)
         return refusal or answers.conversation_stuck(owner.name, why)
 
     def _apply(self, flow: http.HTTPFlow, credentials: Credentials) -> None:
-        flow.request.headers["authorization"] = f"Bearer {credentials.access_token}"
+        values = {b"authorization": f"Bearer {credentials.access_token}".encode()}
         if credentials.account_id:
-            flow.request.headers["chatgpt-account-id"] = credentials.account_id
+            values[b"chatgpt-account-id"] = credentials.account_id.encode()
+        _set_headers(flow.request.headers, values)
 
     def _answer(self, flow: http.HTTPFlow, refusal: answers.Refusal) -> None:
         flow.response = http.Response.make(
@@ -643,9 +681,16 @@ class Router:
         """Keep the pooled token out of flow files, HAR exports and mitmweb once it is sent."""
         if self._unmasked.pop(flow.id, None) is None:
             return  # never given a pooled token (only _route gives one), or masked already
-        value = flow.request.headers.get("authorization", "")
-        if value.startswith("Bearer ") and "…" not in value:
-            flow.request.headers["authorization"] = "Bearer " + mask(value[7:])
+        headers = flow.request.headers
+        for name, raw in headers.fields:
+            if name.lower() == b"authorization":
+                value = raw.decode("utf-8", "surrogateescape")
+                if value.startswith("Bearer ") and "…" not in value:
+                    masked = "Bearer " + mask(value[7:])
+                    _set_headers(
+                        headers, {b"authorization": masked.encode("utf-8", "surrogateescape")}
+                    )
+                return
 
     def snapshot(self) -> dict[str, Any]:
         """Everything the dashboard shows; never a secret."""

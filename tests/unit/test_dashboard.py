@@ -228,6 +228,17 @@ def test_addon_serves_router_mitm_only() -> None:
     assert other.response is None
 
 
+def test_addon_serves_router_mitm_named_by_the_host_header_alone() -> None:
+    """Transparent mode: the request's host is an address; the Host header names the page."""
+    addon = Dashboard(lambda: snapshot())
+    flow = dashboard_flow("/api/status", host="10.0.0.1")
+    flow.request.headers["host"] = "router.mitm:80"
+    assert serve(addon, flow).response.status_code == 200
+    lookalike = dashboard_flow("/api/status", host="10.0.0.1")
+    lookalike.request.headers["host"] = "router.mitm.example"
+    assert serve(addon, lookalike).response is None
+
+
 def test_addon_page_and_token_safety_through_mitmproxy() -> None:
     addon = Dashboard(leaky_snapshot)
     for path in ("/", "/api/status", "/api/history"):

@@ -162,6 +162,36 @@ def test_record_usage_stores_windows_with_the_time_seen(
     assert pool.changes > changes
 
 
+def test_a_repeated_report_within_a_second_is_not_news(
+    make_account: AccountFactory, now: float
+) -> None:
+    """The SSE event repeats what the headers said a moment before: no second change."""
+    pool = pool_of(make_account("A"))
+    a = pool.get("A")
+    report = UsageReport(WindowReport(42.5, 300, int(now) + 60), WindowReport(7.0, 10080, None))
+    pool.record_usage(a, report, now)
+    window, changes = a.primary, pool.version
+    pool.record_usage(a, report, now + 0.5)
+    assert pool.version == changes and a.primary is window
+    pool.record_usage(a, UsageReport(WindowReport(42.5, 300, int(now) + 60), None), now + 0.5)
+    assert pool.version == changes  # the part reported is the same
+    pool.record_usage(a, UsageReport(WindowReport(43.0, 300, int(now) + 60), None), now + 0.6)
+    assert pool.version > changes and a.primary is not None and a.primary.used_percent == 43.0
+    changes = pool.version
+    pool.record_usage(a, UsageReport(WindowReport(43.0, 300, int(now) + 60), None), now + 2)
+    assert pool.version > changes and a.primary.observed_at == now + 2  # old news refreshed
+
+
+def test_a_repeated_report_still_lifts_a_block(make_account: AccountFactory, now: float) -> None:
+    pool = pool_of(make_account("A"))
+    a = pool.get("A")
+    report = UsageReport(WindowReport(42.5, 300, int(now) + 60), None)
+    pool.record_usage(a, report, now)
+    pool.record_limit(a, LimitHit("usage_limit_reached", int(now) + 600), now)
+    pool.record_usage(a, report, now + 0.1)
+    assert a.block is None
+
+
 def test_record_limit_blocks_until_the_reset(make_account: AccountFactory, now: float) -> None:
     pool = pool_of(make_account("A"))
     a = pool.get("A")

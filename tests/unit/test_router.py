@@ -4,6 +4,7 @@ auth rewrite and where it may happen, masking, local answers, WebSocket frames, 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import time
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from mitmproxy import exceptions, http
+from mitmproxy.addons import termlog
 from mitmproxy.test import taddons, tflow, tutils
 from mitmproxy.websocket import WebSocketData, WebSocketMessage
 from wsproto.frame_protocol import Opcode
@@ -113,6 +115,52 @@ def test_web_app_calls_without_codex_originator_pass(router: Fixture) -> None:
     del flow.request.headers["originator"]
     run(addon.request(flow))
     assert flow.request.headers["authorization"] == f"Bearer {CLIENT['access_token']}"
+
+
+def test_a_repeated_authorization_header_leaves_only_the_pooled_one(router: Fixture) -> None:
+    addon, _ = router
+    flow = codex_flow()
+    flow.request.headers.add("Authorization", "Bearer second-client-token")
+    del flow.request.headers["chatgpt-account-id"]
+    run(addon.request(flow))
+    assert flow.request.headers.get_all("authorization") == [f"Bearer {TOKENS['a']}"]
+    assert flow.request.headers.get_all("chatgpt-account-id") == ["acct-a"]  # added
+    names = [name.lower() for name, _ in flow.request.headers.fields]
+    assert names.index(b"authorization") < names.index(b"originator")  # kept in its place
+
+
+def test_the_body_is_not_decoded_when_the_headers_name_the_conversation(
+    router: Fixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Codex sends the thread id in headers: its (zstd) body is not decoded and searched."""
+    addon, _ = router
+    decoded = []
+    original = http.Request.get_content
+
+    def counting(self: http.Request, *args: object, **kwargs: object) -> bytes | None:
+        decoded.append(self.path)
+        return original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(http.Request, "get_content", counting)
+    run(addon.request(codex_flow(**{"session-id": "thread-1"})))
+    assert decoded == []
+    run(addon.request(codex_flow()))  # no conversation header: the body's prompt_cache_key
+    assert decoded == ["/backend-api/codex/responses"]
+
+
+@pytest.mark.parametrize(("verbosity", "logged"), [("info", False), ("debug", True)])
+def test_a_line_per_routed_request_only_at_debug_verbosity(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, verbosity: str, logged: bool
+) -> None:
+    write_state(tmp_path / "state.toml", a=40, b=10)
+    addon, terminal = Router(), termlog.TermLog(out=io.StringIO())
+    with taddons.context(addon, terminal) as tctx, caplog.at_level("DEBUG"):
+        tctx.configure(addon, router_state=str(tmp_path / "state.toml"))
+        tctx.configure(terminal, termlog_verbosity=verbosity)
+        run(addon.request(codex_flow()))
+    terminal.uninstall()
+    lines = [r.getMessage() for r in caplog.records if "-> a (" in r.getMessage()]
+    assert bool(lines) is logged
 
 
 def test_the_token_is_masked_once_the_answer_is_in(router: Fixture) -> None:

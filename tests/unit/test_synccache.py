@@ -15,7 +15,7 @@ from addon.merge import merge
 from addon.pool import Pool
 from addon.state import Block, Conversation, Credentials, State, Status
 from addon.statefile import HEADER, StateFile, dumps, parse
-from addon.synccache import SyncCache, section
+from addon.synccache import SyncCache, conversation_section, section
 from addon.usage import LimitHit, UsageReport, WindowReport
 from tests.unit.conftest import NOW, build_account
 
@@ -59,6 +59,21 @@ CONVERSATION_OPS = st.lists(
     st.tuples(st.integers(0, 30), st.integers(0, 3), st.sampled_from([0.0, 0.5, 1.0, 7.0])),
     max_size=40,
 )
+
+
+@settings(max_examples=300)
+@given(
+    key=st.text(min_size=1, max_size=64),
+    owner=st.text(min_size=1, max_size=64),
+    seen_at=st.floats(min_value=0, max_value=2**40 - 1, allow_nan=False),
+)
+def test_a_conversation_is_written_as_tomli_w_writes_it(
+    key: str, owner: str, seen_at: float
+) -> None:
+    """The direct formatting gives tomli_w's text for any key and id, escapes included."""
+    conversation = Conversation(key=key, account_id=owner, seen_at=seen_at)
+    data = conversation.model_dump(mode="json", exclude_none=True)
+    assert conversation_section(conversation) == section("conversations", data)
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
