@@ -404,6 +404,10 @@ class AccountIndex:
             skip = {e.pos for e in excluded if e.group is group}
         if strategy is Strategy.FILL_FIRST:
             return self._first(group.fill, skip)
+        if not skip:  # the common case, without the bookkeeping for skipped positions
+            if group.positive <= 0:
+                return self._first(group.least, skip)
+            return self.by_pos[group.tree.find(rng.random() * group.tree.total)]
         weights = {p: self._weight(p) for p in skip}
         if group.positive - sum(1 for w in weights.values() if w > 0) <= 0:
             return self._first(group.least, skip)  # every weight is 0: the least used
