@@ -40,8 +40,10 @@ FULL_CHECK_EVERY = 60.0  # seconds between saves that compare every account
 MAX_SHARE = 0.02  # of the CPU time the saving thread may take, averaged over saves
 MAX_INTERVAL = 10.0  # seconds: however long one save took (reading another writer's big file)
 # While a save runs, the interpreter switches threads this often (default 5 ms): the event
-# loop, waiting for the GIL the saving thread holds, then waits at most this long.
-SWITCH_INTERVAL = 0.0005
+# loop, waiting for the GIL the saving thread holds, then waits at most this long. Set from the
+# event loop's thread before the save starts: a thread already waiting for the GIL keeps the
+# interval it started waiting with (CPython), so setting it in the worker costs one full 5 ms.
+SWITCH_INTERVAL = 0.0001
 
 
 def _python_time() -> float:
@@ -53,7 +55,8 @@ def _python_time() -> float:
 
 
 @contextmanager
-def _switching(interval: float) -> Iterator[None]:
+def switching(interval: float = SWITCH_INTERVAL) -> Iterator[None]:
+    """The switch interval for work in a worker thread; enter it on the event loop's thread."""
     previous = sys.getswitchinterval()
     sys.setswitchinterval(min(previous, interval))
     try:
@@ -101,9 +104,10 @@ class Saver:
             unsaved = self._take_unsaved()
             changed, conversations = self._take_changes(external)
             try:
-                merged, outside = await asyncio.to_thread(
-                    self._sync, unsaved, conversations, changed
-                )
+                with switching():
+                    merged, outside = await asyncio.to_thread(
+                        self._sync, unsaved, conversations, changed
+                    )
             except (StateFileError, OSError) as e:
                 self.pool.unsaved_requests.update(unsaved)
                 self.pool.unsaved_accounts = self.pool.unsaved_conversations = None
@@ -163,8 +167,7 @@ class Saver:
         """The worker thread's part, timed in CPU seconds."""
         started = _python_time()
         try:
-            with _switching(SWITCH_INTERVAL):
-                return self.file.sync(self.pool.state, unsaved, conversations, changed)
+            return self.file.sync(self.pool.state, unsaved, conversations, changed)
         finally:
             self.cost = _python_time() - started
 

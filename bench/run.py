@@ -308,17 +308,14 @@ async def _busy_floor(seconds: float = 0.5) -> float:
     """The longest stall while a worker thread merely runs Python code: the floor for any
     work done off the loop (the loop waits up to the switch interval saving uses for the
     GIL, plus the machine's own noise)."""
-    from addon.saver import SWITCH_INTERVAL, _switching
-
-    def work() -> None:
-        with _switching(SWITCH_INTERVAL):
-            _spin(seconds)
+    from addon.saver import switching
 
     ticker = Ticker()
     ticker.start()
     await asyncio.sleep(0.01)
     ticker.take()
-    await asyncio.to_thread(work)
+    with switching():  # as the saver does
+        await asyncio.to_thread(_spin, seconds)
     return await ticker.settle()
 
 

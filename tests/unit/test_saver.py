@@ -80,6 +80,25 @@ def test_a_failed_save_keeps_the_counts_and_checks_everything_next(
     assert on_disk(state_path)["a"].requests == 1  # type: ignore[attr-defined]
 
 
+def test_the_switch_interval_is_lowered_before_the_worker_starts(
+    state_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the loop's thread: a loop already waiting for the GIL keeps the old interval."""
+    seen: list[float] = []
+    real = asyncio.to_thread
+
+    async def recording(func, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(sys.getswitchinterval())
+        return await real(func, *args, **kwargs)
+
+    monkeypatch.setattr(saver_module.asyncio, "to_thread", recording)
+    pool, saver = setup(state_path)
+    pool.record_route(pool.accounts[0], 1.0)
+    assert asyncio.run(saver.save())
+    # The merge-and-write thread was started with it (the interpreter keeps microseconds).
+    assert min(seen) == pytest.approx(saver_module.SWITCH_INTERVAL, rel=0.01)
+
+
 def test_saving_restores_the_interpreter_switch_interval(state_path: Path) -> None:
     before = sys.getswitchinterval()
     _pool, saver = setup(state_path)
