@@ -49,6 +49,11 @@ def snapshot(model: Any) -> tuple[Any, ...]:
 
 def section(kind: str, data: Mapping[str, Any]) -> str:
     """One element of a TOML array of tables, as tomli_w writes it in `[[kind]]` form."""
+    fast = _plain_section(kind, data)
+    return fast if fast is not None else _tomli_w_section(kind, data)
+
+
+def _tomli_w_section(kind: str, data: Mapping[str, Any]) -> str:
     text = tomli_w.dumps({"x": data})
     if not text.startswith("[x]\n"):  # no plain fields: never for accounts or conversations
         raise ValueError(f"cannot write a {kind} entry without fields")
@@ -57,19 +62,53 @@ def section(kind: str, data: Mapping[str, Any]) -> str:
     return f"\n[[{kind}]]\n" + text[4:].replace("\n[x.", f"\n[{kind}.")
 
 
-# What tomli_w escapes in a string (TOML's basic strings may hold a raw tab).
+# What tomli_w escapes in a string (TOML's basic strings may hold a raw tab), and its bare keys.
 _ESCAPED = re.compile(r'["\\\x00-\x08\x0a-\x1f\x7f]')
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
-def conversation_section(conversation: Conversation) -> str:
-    """section("conversations", ...) of a conversation, formatted directly when nothing in it
-    needs escaping (always, for the keys and ids the proxy makes): a save after a busy second
-    writes hundreds of new ones, and tomli_w takes ~40 us each."""
-    key, owner = conversation.key, conversation.account_id
-    if _ESCAPED.search(key) or _ESCAPED.search(owner):
-        return section("conversations", conversation.model_dump(mode="json", exclude_none=True))
-    seen_at = conversation.seen_at
-    return f'\n[[conversations]]\nkey = "{key}"\naccount_id = "{owner}"\nseen_at = {seen_at}\n'
+def _plain_literal(value: Any) -> str | None:
+    kind = type(value)
+    if kind is str:
+        return None if _ESCAPED.search(value) else f'"{value}"'
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int or kind is float:
+        return str(value)
+    return None
+
+
+def _plain_lines(data: Mapping[str, Any], lines: list[str]) -> list[tuple[str, Any]] | None:
+    """The `key = value` lines of a table's plain fields; its sub-tables, or None when a
+    field needs more than this (escapes, quoted keys, arrays, deeper tables)."""
+    tables = []
+    for key, value in data.items():
+        if not _BARE_KEY.fullmatch(key):
+            return None
+        if type(value) is dict:
+            tables.append((key, value))
+            continue
+        text = _plain_literal(value)
+        if text is None:
+            return None
+        lines.append(f"{key} = {text}\n")
+    return tables
+
+
+def _plain_section(kind: str, data: Mapping[str, Any]) -> str | None:
+    """section() for the common shape (plain fields and one level of tables, nothing to
+    escape), formatted here: tomli_w escapes strings a character at a time in Python, ~170 us
+    for an account with its tokens, and a busy save writes hundreds of entries. tomli_w's
+    exact text (tests/unit/test_synccache.py checks it); None when the shape is not common."""
+    lines = [f"\n[[{kind}]]\n"]
+    tables = _plain_lines(data, lines)
+    if tables is None or len(lines) == 1:
+        return None  # not plain, or no plain field (tomli_w's rules and error apply)
+    for key, table in tables:
+        lines.append(f"\n[{kind}.{key}]\n")
+        if _plain_lines(table, lines) != []:
+            return None  # not plain, or a table within the table
+    return "".join(lines)
 
 
 def _seen(item: tuple[str, tuple[str, float]]) -> float:
@@ -333,11 +372,8 @@ class SyncCache:
             while missing:
                 i = known.index(b"", start)
                 item = items[i]
-                if kind == "conversations":
-                    text = conversation_section(item)
-                else:
-                    text = section(kind, item.model_dump(mode="json", exclude_none=True))
-                known[i] = self._text[id(item)] = text.encode()
+                data = item.model_dump(mode="json", exclude_none=True)
+                known[i] = self._text[id(item)] = section(kind, data).encode()
                 self._alive[id(item)] = item
                 missing, start = missing - 1, i + 1
             pieces.extend(known)

@@ -180,6 +180,13 @@ def stream_proxy(name: str, upstream: int) -> Proxy:
     return Proxy(name, upstream, scripts=[SHIMS / "stream.py", SHIMS / "chatgpt.py"])
 
 
+def hooks_proxy(name: str, upstream: int) -> Proxy:
+    """The `stream` baseline plus a script with the router's hooks, all empty."""
+    return Proxy(
+        name, upstream, scripts=[SHIMS / "hooks.py", SHIMS / "stream.py", SHIMS / "chatgpt.py"]
+    )
+
+
 def router_proxy(name: str, upstream: int, state: Path, strategy: str = "fill_first") -> Proxy:
     proxy = Proxy(
         name,
@@ -215,4 +222,12 @@ def _stop(proc: subprocess.Popen[Any] | None) -> None:
         proc.wait(5)
 
 
-__all__ = ["Proxy", "State", "Upstream", "loadgen", "make_accounts", "router_proxy"]
+__all__ = [
+    "Proxy",
+    "State",
+    "Upstream",
+    "hooks_proxy",
+    "loadgen",
+    "make_accounts",
+    "router_proxy",
+]

@@ -71,6 +71,7 @@ def proxies(settings: Settings) -> Iterator[tuple[list[Any], Any]]:
     from bench.procs import (
         Proxy,
         Upstream,
+        hooks_proxy,
         loadgen,
         make_accounts,
         router_proxy,
@@ -85,6 +86,7 @@ def proxies(settings: Settings) -> Iterator[tuple[list[Any], Any]]:
         configs = [
             Proxy("bare", upstream.port),
             stream_proxy("stream", upstream.port),
+            hooks_proxy("hooks", upstream.port),
         ]
         accounts = make_accounts(max(settings.sizes))
         for size in settings.sizes:
@@ -99,11 +101,26 @@ def proxies(settings: Settings) -> Iterator[tuple[list[Any], Any]]:
             loadgen("load", proxy.port, conns=1, duration=1.0, warmup=0.2)
         log("waiting for the first saves to finish")
         time.sleep(8 if settings.quick else 10)
+        for proxy in started:
+            _check_routed(proxy)
         yield started, upstream
     finally:
         for proxy in started:
             proxy.stop()
         upstream.stop()
+
+
+def _check_routed(proxy: Any) -> None:
+    """A router that routed nothing would be measured as a cheap pass-through: refuse."""
+    from addon.statefile import StateFile
+
+    path = proxy.options.get("router_state")
+    if path is None:
+        return
+    routed = sum(account.requests for account in StateFile(Path(path)).load().accounts)
+    if not routed:
+        raise RuntimeError(f"{proxy.name} routed no request during the warm-up: see {proxy.log}")
+    log(f"{proxy.name} routed {routed} requests during the warm-up")
 
 
 def throughput(settings: Settings, configs: list[Any]) -> dict[str, Any]:
@@ -532,6 +549,8 @@ def _order(name: str) -> tuple[int, int]:
         return (0, 0)
     if name == "stream":
         return (1, 0)
+    if name == "hooks":
+        return (1, 1)
     return (2, int(name.split("-")[1]))
 
 

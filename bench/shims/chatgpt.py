@@ -23,15 +23,18 @@ ORIGIN = "bench_origin"
 
 
 class ChatGPT:
+    # On `request.data`: the properties would also rewrite the Host header each time (~50 us
+    # a request, charged to the configurations that load this shim, not to bare mitmdump).
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        req = flow.request
-        flow.metadata[ORIGIN] = (req.scheme, req.host, req.port)
-        req.scheme, req.host, req.port = "https", "chatgpt.com", 443
+        data = flow.request.data
+        flow.metadata[ORIGIN] = (data.scheme, data.host, data.port)
+        data.scheme, data.host, data.port = b"https", "chatgpt.com", 443
 
     def request(self, flow: http.HTTPFlow) -> None:
         origin = flow.metadata.get(ORIGIN)
         if origin is not None:
-            flow.request.scheme, flow.request.host, flow.request.port = origin
+            data = flow.request.data
+            data.scheme, data.host, data.port = origin
 
 
 addons = [ChatGPT()]

@@ -15,7 +15,7 @@ from addon.merge import merge
 from addon.pool import Pool
 from addon.state import Block, Conversation, Credentials, State, Status
 from addon.statefile import HEADER, StateFile, dumps, parse
-from addon.synccache import SyncCache, conversation_section, section
+from addon.synccache import SyncCache, _plain_section, _tomli_w_section, section
 from addon.usage import LimitHit, UsageReport, WindowReport
 from tests.unit.conftest import NOW, build_account
 
@@ -61,19 +61,42 @@ CONVERSATION_OPS = st.lists(
 )
 
 
-@settings(max_examples=300)
-@given(
-    key=st.text(min_size=1, max_size=64),
-    owner=st.text(min_size=1, max_size=64),
-    seen_at=st.floats(min_value=0, max_value=2**40 - 1, allow_nan=False),
+SCALARS = st.one_of(
+    st.text(max_size=20),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
 )
-def test_a_conversation_is_written_as_tomli_w_writes_it(
-    key: str, owner: str, seen_at: float
-) -> None:
-    """The direct formatting gives tomli_w's text for any key and id, escapes included."""
-    conversation = Conversation(key=key, account_id=owner, seen_at=seen_at)
-    data = conversation.model_dump(mode="json", exclude_none=True)
-    assert conversation_section(conversation) == section("conversations", data)
+KEYS = st.one_of(
+    st.sampled_from(["id", "name", "reset_at", "a-b"]), st.text(min_size=1, max_size=6)
+)
+VALUES = st.one_of(
+    SCALARS,
+    st.dictionaries(KEYS, SCALARS, max_size=4),
+    st.dictionaries(KEYS, st.dictionaries(KEYS, SCALARS, max_size=2), max_size=2),
+    st.lists(SCALARS, max_size=3),
+)
+
+
+@settings(max_examples=500)
+@given(kind=st.sampled_from(["accounts", "conversations"]), data=st.dictionaries(KEYS, VALUES))
+def test_a_section_is_tomli_ws_text(kind: str, data: dict) -> None:
+    """Formatted directly or by tomli_w, a section is exactly what tomli_w writes."""
+    try:
+        expected = _tomli_w_section(kind, data)
+    except ValueError:
+        with pytest.raises(ValueError):
+            section(kind, data)
+        return
+    assert section(kind, data) == expected
+
+
+def test_accounts_and_conversations_take_the_direct_way() -> None:
+    account = build_account("a", primary=12.5, secondary=3, block_until=int(NOW) + 60)
+    conversation = Conversation(key="k" * 32, account_id=account.id, seen_at=NOW + 0.25)
+    for kind, item in (("accounts", account), ("conversations", conversation)):
+        data = item.model_dump(mode="json", exclude_none=True)
+        assert _plain_section(kind, data) == _tomli_w_section(kind, data)
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
