@@ -362,7 +362,7 @@ def test_the_lock_serialises_writer_threads(state_path: Path) -> None:
 def test_the_lock_serialises_writer_processes(state_path: Path) -> None:
     names = [f"p{i}" for i in range(4)]
     write_state(state_path, *(account(n) for n in names))
-    context = multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("spawn")  # fork in a threaded process may deadlock
     processes = [context.Process(target=bump, args=(state_path, n, 10)) for n in names]
     for process in processes:
         process.start()
