@@ -71,6 +71,8 @@ class Pool:
         # count instead of overwriting it, so two writers never lose each other's counts.
         self.unsaved_requests: Counter[str] = Counter()
         self.changes = 0  # bumped on every change; the saver compares it
+        # A change since the last save that should not wait for a regular save (see _changed).
+        self.urgent = False
         # What changed since the last save, so a save redoes only that (the saver takes and
         # resets these; None: unknown, check everything).
         self.unsaved_accounts: set[str] | None = set()
@@ -156,10 +158,14 @@ class Pool:
             return selection.choose(strategy, self.accounts, now, self.rng, exclude)
         return account  # type: ignore[no-any-return]
 
-    def _changed(self, account: Account, choosing: bool = True) -> None:
+    def _changed(self, account: Account, choosing: bool = True, routine: bool = False) -> None:
         """Count a change worth saving; re-index the account when `choosing` may depend on it.
-        Every change to an account goes through here."""
+        Every change to an account goes through here. A `routine` change (what every request
+        teaches: usage, counts, backoff) may wait for the saver's next regular save; any
+        other (a limit, a login, an operator's change) makes the pool `urgent`."""
         self.changes += 1
+        if not routine:
+            self.urgent = True
         if self.unsaved_accounts is not None:
             self.unsaved_accounts.add(account.id)
         if choosing and self._fast is not None:
@@ -247,7 +253,7 @@ class Pool:
         account.requests += 1
         account.last_used_at = int(now)
         self.unsaved_requests[account.id] += 1
-        self._changed(account, choosing=False)
+        self._changed(account, choosing=False, routine=True)
 
     def record_usage(self, account: Account, report: UsageReport, now: float) -> None:
         if account.block is None and _repeats(account, report, now):
@@ -259,7 +265,8 @@ class Pool:
         # Fresh evidence of headroom ends a block early (the upstream reset early, or a
         # reset credit was used): no stale blocks.
         reported = [w for w in (report.primary, report.secondary) if w is not None]
-        if account.block and all(w.used_percent < 100 for w in reported):
+        lifted = account.block is not None and all(w.used_percent < 100 for w in reported)
+        if lifted:
             logger.info("quota-router: %s has headroom again; block lifted", account.name)
             account.block = None
         self.history.add(
@@ -268,7 +275,7 @@ class Pool:
             account.primary.used_percent if account.primary else None,
             account.secondary.used_percent if account.secondary else None,
         )
-        self._changed(account)
+        self._changed(account, routine=not lifted)
 
     def record_limit(self, account: Account, hit: LimitHit, now: float) -> None:
         if hit.usage:
@@ -283,13 +290,13 @@ class Pool:
         errors = account.backoff.errors + 1 if account.backoff else 1
         delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (errors - 1))
         account.backoff = Backoff(errors=errors, until=now + delay, observed_at=now)
-        self._changed(account)
+        self._changed(account, routine=True)
         return now + delay
 
     def record_success(self, account: Account) -> None:
         if account.backoff is not None:
             account.backoff = None
-            self._changed(account)
+            self._changed(account, routine=True)
 
     def set_credentials(self, account: Account, refreshed: Any) -> None:
         account.credentials = refreshed.credentials

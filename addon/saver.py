@@ -4,12 +4,13 @@ A background task wakes every `interval` seconds; when the pool changed, or anot
 changed the file, it merges and writes in a worker thread. Failures are loud, never fatal: the
 proxy keeps routing from memory and tries again on the next tick.
 
-The worker thread shares the GIL with the event loop, so its work is kept small: it redoes only
-what the pool says changed (statefile.StateFile.sync with `changed`; every FULL_CHECK_EVERY
-seconds, and after adopting another writer's file, it compares everything instead), and the
-saver waits at least 1/MAX_SHARE times as long as the last save took before the next one (at
-most MAX_INTERVAL), so saving a very large pool never takes more than that share of the
-process's time.
+The worker thread shares the GIL and the CPU with the event loop, so its work is kept small:
+it redoes only what the pool says changed (statefile.StateFile.sync with `changed`; every
+FULL_CHECK_EVERY seconds, and after adopting another writer's file, it compares everything
+instead), and after a save that took T seconds of the thread's CPU, what every request teaches
+(usage, counts, new conversations) waits T/MAX_SHARE (at most MAX_INTERVAL) for the next one:
+saving a large pool under load never takes more than that share of the process's time. A change
+the pool calls urgent (a limit, a login, an operator's change) is saved at the next `interval`.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ except (ImportError, AttributeError):
 logger = logging.getLogger(__name__)
 
 FULL_CHECK_EVERY = 60.0  # seconds between saves that compare every account
-MAX_SHARE = 0.02  # of the CPU time the saving thread may take, averaged over saves
+MAX_SHARE = 0.01  # of the CPU time routine saving may take, averaged over saves
 MAX_INTERVAL = 10.0  # seconds: however long one save took (reading another writer's big file)
 # While a save runs, the interpreter switches threads this often (default 5 ms): the event
 # loop, waiting for the GIL the saving thread holds, then waits at most this long. Set from the
@@ -46,11 +47,12 @@ MAX_INTERVAL = 10.0  # seconds: however long one save took (reading another writ
 SWITCH_INTERVAL = 0.0001
 
 
-def _python_time() -> float:
-    """CPU seconds this thread spent outside the kernel: the time it may have held the GIL
-    (writing and fsyncing the file is kernel time, without the GIL)."""
+def _thread_time() -> float:
+    """CPU seconds this thread spent, in Python and in the kernel (writing, replacing and
+    fsyncing a large file is kernel time: CPU the proxy does not get either)."""
     if _RUSAGE_THREAD is not None:
-        return resource.getrusage(_RUSAGE_THREAD).ru_utime
+        usage = resource.getrusage(_RUSAGE_THREAD)
+        return usage.ru_utime + usage.ru_stime
     return time.thread_time()
 
 
@@ -79,7 +81,7 @@ class Saver:
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(self.pause())
+            await self._wait(self.pause())
             try:
                 await self.tick()
             except Exception:  # the saver must outlive any surprise
@@ -88,6 +90,15 @@ class Saver:
     def pause(self) -> float:
         """Seconds until the next tick: the interval, or longer after an expensive save."""
         return max(self.interval, min(MAX_INTERVAL, self.cost / MAX_SHARE))
+
+    async def _wait(self, seconds: float) -> None:
+        """Sleep `seconds`, or until the pool has an urgent change (checked every interval:
+        the pool knows nothing of the event loop)."""
+        deadline = time.monotonic() + seconds
+        while True:
+            await asyncio.sleep(min(self.interval, max(0.0, deadline - time.monotonic())))
+            if self.pool.urgent or time.monotonic() >= deadline:
+                return
 
     async def tick(self) -> None:
         external = await asyncio.to_thread(self._external)
@@ -101,6 +112,7 @@ class Saver:
             if external is None:
                 external = await asyncio.to_thread(self._external)
             changes = self.pool.version
+            urgent, self.pool.urgent = self.pool.urgent, False
             unsaved = self._take_unsaved()
             changed, conversations = self._take_changes(external)
             try:
@@ -109,6 +121,7 @@ class Saver:
                         self._sync, unsaved, conversations, changed
                     )
             except (StateFileError, OSError) as e:
+                self.pool.urgent |= urgent
                 self.pool.unsaved_requests.update(unsaved)
                 self.pool.unsaved_accounts = self.pool.unsaved_conversations = None
                 self._failed(e)
@@ -165,11 +178,11 @@ class Saver:
         changed: set[str] | None,
     ) -> tuple[State, Outside | None]:
         """The worker thread's part, timed in CPU seconds."""
-        started = _python_time()
+        started = _thread_time()
         try:
             return self.file.sync(self.pool.state, unsaved, conversations, changed)
         finally:
-            self.cost = _python_time() - started
+            self.cost = _thread_time() - started
 
     def _take_unsaved(self) -> Counter[str]:
         unsaved, self.pool.unsaved_requests = self.pool.unsaved_requests, Counter()

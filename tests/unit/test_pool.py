@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from addon import usage
 from addon.answers import Refusal
 from addon.pool import Choice, Pool, PoolError, status_row
+from addon.refresh import Refreshed
 from addon.selection import Strategy, skip_reason
 from addon.state import Plan, State, Status
 from addon.usage import LimitHit, UsageReport, WindowReport
@@ -237,6 +239,39 @@ def test_record_route_counts_requests(make_account: AccountFactory, now: float) 
     assert a.requests == 9
     assert a.last_used_at == int(now + 5.7)
     assert pool.unsaved_requests[a.id] == 2
+
+
+def routine(pool: Pool, change: Callable[[Pool], object]) -> bool:
+    """Whether `change` leaves the pool without an urgent change to save."""
+    pool.urgent = False
+    change(pool)
+    return not pool.urgent
+
+
+def test_what_every_request_teaches_is_routine(make_account: AccountFactory, now: float) -> None:
+    pool = pool_of(make_account("A"), make_account("B"))
+    a = pool.get("A")
+    assert routine(pool, lambda p: p.record_route(a, now))
+    assert routine(pool, lambda p: p.record_usage(a, headroom(30, now), now))
+    assert routine(pool, lambda p: p.record_error(a, now))
+    assert routine(pool, lambda p: p.record_success(a))
+    assert routine(pool, lambda p: p.choose(FILL, now, "a conversation"))
+
+
+def test_limits_logins_and_operator_changes_are_urgent(
+    make_account: AccountFactory, now: float
+) -> None:
+    pool = pool_of(make_account("A"), make_account("B", block_until=int(now) + 600))
+    a, b = pool.get("A"), pool.get("B")
+    hit = LimitHit("usage_limit_reached", int(now) + 600)
+    assert not routine(pool, lambda p: p.record_limit(a, hit, now))
+    assert not routine(pool, lambda p: p.record_usage(b, headroom(20, now), now))  # block lifted
+    assert not routine(pool, lambda p: p.mark(a, Status.REAUTH_REQUIRED, "refresh refused"))
+    refreshed = Refreshed(a.credentials.model_copy(update={"access_token": "new"}), None, None)
+    assert not routine(pool, lambda p: p.set_credentials(a, refreshed))
+    assert not routine(pool, lambda p: p.pause("B"))
+    assert not routine(pool, lambda p: p.configure("B", priority=3))
+    assert not routine(pool, lambda p: p.rename("B", "C"))
 
 
 # -- operator changes ------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -107,28 +108,78 @@ def test_saving_restores_the_interpreter_switch_interval(state_path: Path) -> No
     assert saver.cost >= 0
 
 
-def test_an_expensive_save_spaces_out_the_next_ones(
-    state_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _pool, saver = setup(state_path)
-    slept: list[float] = []
-
-    async def sleep(seconds: float) -> None:
-        slept.append(seconds)
-        if len(slept) > 2:
-            raise asyncio.CancelledError
+def ticks_of(saver: Saver, count: int, urgent_after: int | None = None) -> list[float]:
+    """When the saver's first `count` ticks ran (time.monotonic), each tick taking 10 ms of
+    CPU; after tick number `urgent_after`, the pool gets an urgent change."""
+    times: list[float] = []
 
     async def tick() -> None:
-        saver.cost = 0.1  # 100 ms of CPU per save
+        times.append(time.monotonic())
+        saver.cost = 0.01
+        saver.pool.urgent = len(times) == urgent_after
+        if len(times) == count:
+            raise asyncio.CancelledError
 
-    monkeypatch.setattr(saver_module.asyncio, "sleep", sleep)
-    monkeypatch.setattr(saver, "tick", tick)
+    saver.tick = tick  # type: ignore[method-assign]
     with pytest.raises(asyncio.CancelledError):
         asyncio.run(saver.run())
-    assert slept[0] == saver.interval
-    assert slept[1] == pytest.approx(0.1 / saver_module.MAX_SHARE)
+    return times
+
+
+def test_an_expensive_save_spaces_out_the_routine_ones(state_path: Path) -> None:
+    _pool, saver = setup(state_path)
+    saver.interval = 0.01
+    start = time.monotonic()
+    first, second = ticks_of(saver, 2)
+    assert first - start >= saver.interval
+    # 10 ms of the thread's CPU: the next routine save waits 1/MAX_SHARE times that.
+    assert second - first >= 0.01 / saver_module.MAX_SHARE
     saver.cost = 100.0  # reading a huge file another writer changed: not a reason to wait long
     assert saver.pause() == saver_module.MAX_INTERVAL
+
+
+def test_an_urgent_change_is_saved_at_the_next_interval(state_path: Path) -> None:
+    _pool, saver = setup(state_path)
+    saver.interval = 0.01
+    first, second = ticks_of(saver, 2, urgent_after=1)
+    assert saver.pause() == pytest.approx(1.0)  # what a routine change would have waited
+    assert second - first < 0.5
+
+
+def test_a_save_takes_the_urgency_and_a_failed_one_gives_it_back(
+    state_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool, saver = setup(state_path)
+    pool.pause("a")
+    assert pool.urgent
+    assert asyncio.run(saver.save())
+    assert not pool.urgent
+    pool.pause("b")
+
+    def fail(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(saver.file, "sync", fail)
+    assert asyncio.run(saver.save()) is False
+    assert pool.urgent  # retried at the next interval, not after a long pause
+
+
+def test_a_save_costs_the_thread_time_in_python_and_in_the_kernel(
+    state_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writing a large file is kernel time: CPU the proxy does not get either."""
+    pool, saver = setup(state_path)
+    readings = iter([(1.0, 2.0), (1.25, 2.5)])
+
+    def getrusage(who: int) -> object:
+        utime, stime = next(readings)
+        return types.SimpleNamespace(ru_utime=utime, ru_stime=stime)
+
+    monkeypatch.setattr(saver_module, "_RUSAGE_THREAD", 1)
+    monkeypatch.setattr(saver_module.resource, "getrusage", getrusage)
+    pool.record_route(pool.get("a"), 1_800_000_000)
+    assert asyncio.run(saver.save())
+    assert saver.cost == pytest.approx(0.75)
 
 
 def test_an_affinity_entry_set_directly_is_saved_too(state_path: Path) -> None:
