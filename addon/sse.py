@@ -83,6 +83,8 @@ class SSETap:
         return chunk
 
     def feed(self, data: bytes) -> None:
+        if not self.pending and data.endswith(b"\n\n") and MARKER not in data:
+            return  # whole events, none of them a rate-limit event: the common chunk
         self.pending += data
         start = 0
         for end in _EVENT_END.finditer(self.pending):

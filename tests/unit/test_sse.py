@@ -341,6 +341,31 @@ def test_events_in_any_chunks_are_all_reported_in_order(
     assert_reported(seen, events)
 
 
+# Streams with every line ending and a few rate-limit events, cut anywhere and after blank lines.
+pieces = st.sampled_from(
+    [b"\n", b"\r", b"\r\n", b"\n\n", b"data: ", b"data:", b"event: x", b"{}", b"1"]
+    + [b"data: " + json.dumps(rate_limits(p)).encode() for p in (1.0, 2.5)]
+)
+
+
+@settings(max_examples=300)
+@given(st.lists(pieces, max_size=40), st.data())
+def test_chunks_of_whole_events_read_like_the_stream_read_at_once(
+    parts: list[bytes], draw: st.DataObject
+) -> None:
+    """Chunks ending in a blank line skip the tap's parsing when they hold no rate-limit
+    event: it reports what reading the whole stream at once reports."""
+    stream = b"".join(parts)
+    after_blank = [i + 2 for i in range(len(stream)) if stream[i : i + 2] == b"\n\n"]
+    cuts = draw.draw(st.lists(st.sampled_from(after_blank), max_size=10)) if after_blank else []
+    cuts += draw.draw(cuts_for(stream).map(lambda c: c[:3]))
+    whole, at_once = tap_with()
+    whole.feed(stream)
+    tap, seen = tap_with()
+    assert b"".join(run(tap, split(stream, cuts))) == stream
+    assert seen.events == at_once.events
+
+
 @given(stream_events, st.sampled_from(["gzip", "zstd"]), st.data())
 def test_compressed_events_in_any_chunks_are_all_reported(
     events: list[dict[str, Any]], encoding: str, draw: st.DataObject
