@@ -7,7 +7,7 @@ the conversation ids, so the table (which is saved with the state) holds nothing
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
+import itertools
 from collections.abc import Iterable, Mapping
 
 from addon.state import Conversation
@@ -53,10 +53,19 @@ def _hash(kind: str, value: str) -> str:
 
 
 class Affinity:
+    """key -> (account id, last seen), least recently set first.
+
+    A plain dict, not an OrderedDict: a save takes a snapshot of the whole table on the event
+    loop, and copying a dict is ~12x faster (0.3 ms for 20,000 entries, against 3.5). A dict
+    has no cheap "remove the oldest" (it must skip the slots freed at its front), so the oldest
+    entries are evicted in batches of `evict_batch`, ~1.5 % of the capacity.
+    """
+
     def __init__(self, capacity: int = CAPACITY, ttl: float = TTL_SECONDS) -> None:
         self.capacity = capacity
         self.ttl = ttl
-        self.table: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self.evict_batch = max(1, capacity // 64)
+        self.table: dict[str, tuple[str, float]] = {}
         self.changes = 0
 
     def get(self, key: str, now: float) -> str | None:
@@ -69,11 +78,10 @@ class Affinity:
         return entry[0]
 
     def set(self, key: str, account_id: str, now: float) -> None:
-        previous = self.table.get(key)
-        self.table[key] = (account_id, now)
-        self.table.move_to_end(key)
+        previous = self.table.pop(key, None)
+        self.table[key] = (account_id, now)  # last set, last in the table
         if len(self.table) > self.capacity:
-            self.table.popitem(last=False)
+            self.trim()
         # Seen-time updates alone do not need a save every time; a new owner does.
         if previous is None or previous[0] != account_id or now - previous[1] > 60:
             self.changes += 1
@@ -86,6 +94,11 @@ class Affinity:
         fresh = sorted(
             (c for c in conversations if now - c.seen_at <= self.ttl), key=lambda c: c.seen_at
         )
-        self.table = OrderedDict((c.key, (c.account_id, c.seen_at)) for c in fresh)
-        while len(self.table) > self.capacity:
-            self.table.popitem(last=False)
+        self.table = {c.key: (c.account_id, c.seen_at) for c in fresh[-self.capacity :]}
+
+    def trim(self) -> None:
+        """Back within the capacity: the least recently set entries go, a batch at a time."""
+        excess = len(self.table) - self.capacity
+        if excess > 0:
+            for key in list(itertools.islice(self.table, excess + self.evict_batch - 1)):
+                del self.table[key]

@@ -417,8 +417,7 @@ class Pool:
             # At the same time the file's wins, as in merge_conversations.
             if fresh and account_id in self._by_id and (current is None or current[1] <= seen_at):
                 table[key] = (account_id, seen_at)  # in the file already: not to be saved
-        while len(table) > self.affinity.capacity:
-            table.popitem(last=False)
+        self.affinity.trim()
         return True
 
     # -- showing --------------------------------------------------------------------------
