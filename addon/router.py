@@ -20,7 +20,7 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from mitmproxy import command, ctx, exceptions, http  # noqa: E402
+from mitmproxy import command, connection, ctx, exceptions, http  # noqa: E402
 from mitmproxy.addons.clientplayback import ReplayHandler  # noqa: E402
 
 from addon import answers, placeholder, routing, usage  # noqa: E402
@@ -41,6 +41,7 @@ from addon.selection import Strategy, skip_reason  # noqa: E402
 from addon.sse import SSETap  # noqa: E402
 from addon.state import Account, Credentials, Status  # noqa: E402
 from addon.statefile import DEFAULT_NAME, StateFile, StateFileError  # noqa: E402
+from addon.streamnotice import StreamNotices  # noqa: E402
 from addon.tokens import mask  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -147,9 +148,11 @@ class Router:
         # Routed flows whose request still carries a pooled token (masked when answered).
         self._unmasked: dict[str, http.HTTPFlow] = {}
         self._log_routes = False  # a log line per routed request (termlog_verbosity=debug)
+        self._notices = StreamNotices()
 
     # -- options ---------------------------------------------------------------------------
     def load(self, loader):  # type: ignore[no-untyped-def]
+        self._notices.install()
         loader.add_option(
             "router_state",
             str,
@@ -260,6 +263,7 @@ class Router:
             self._task = asyncio.get_running_loop().create_task(self.saver.run())
 
     def done(self) -> None:
+        self._notices.remove()
         # Flows still in flight are written to `-w` files at shutdown: mask them first.
         for flow in list(self._unmasked.values()):
             self._mask(flow)
@@ -495,6 +499,7 @@ class Router:
                 lambda event: self._learn_event(account.id, event),
                 headers.get("content-encoding", ""),
             )
+            self._notices.quiet(flow.client_conn.peername)
 
     def _learn_event(self, account_id: str, event: dict[str, object]) -> None:
         account = self.pool.by_id(account_id)
@@ -685,6 +690,9 @@ class Router:
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         self._mask(flow)
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self._notices.forget(client.peername)
 
     def _mask(self, flow: http.HTTPFlow) -> None:
         """Keep the pooled token out of flow files, HAR exports and mitmweb once it is sent."""

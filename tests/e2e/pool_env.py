@@ -148,8 +148,10 @@ def pool_env(
     specs: Sequence[Spec],
     options: Mapping[str, str] | None = None,
     fake: FakeCodexBackend | None = None,
+    scripts: Sequence[str] = (),
     **proxy_kwargs: Any,
 ) -> Iterator[PoolEnv]:
+    """The router, then `scripts` (test-only ones), then the redirect to the fake."""
     state = tmp_path / "router-state.toml"
     with contextlib.ExitStack() as stack:
         backend = stack.enter_context(fake or FakeCodexBackend())
@@ -160,6 +162,8 @@ def pool_env(
             **(options or {}),
         }
         proxy = stack.enter_context(
-            fake_proxy(backend.address, [ROUTER], opts, ready_pattern=READY, **proxy_kwargs)
+            fake_proxy(
+                backend.address, [ROUTER, *scripts], opts, ready_pattern=READY, **proxy_kwargs
+            )
         )
         yield PoolEnv(backend, proxy, state, auths)

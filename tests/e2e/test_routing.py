@@ -14,6 +14,8 @@ from tests.fakes.jwt import make_access_token
 
 pytestmark = pytest.mark.e2e
 
+STREAM_ALL = "tests/e2e/stream_all.py"
+
 THREE = [Spec("a", primary=30), Spec("b", primary=5), Spec("c", primary=0)]
 
 
@@ -65,6 +67,19 @@ def test_sse_reaches_the_client_as_it_streams(tmp_path: Path) -> None:
         span = events[-1].time - events[0].time
         # Buffering would deliver every event at once, after the whole stream.
         assert span > 0.3 * (len(events) - 2)
+
+
+def test_mitmproxys_streaming_line_is_left_out_only_for_routed_turns(tmp_path: Path) -> None:
+    with pool_env(tmp_path, THREE, scripts=[STREAM_ALL]) as env:
+        assert env.turn().status == 200
+        browser = {"authorization": "Bearer browser-own-session", "user-agent": "Firefox"}
+        env.get("https://chatgpt.com/backend-api/conversations", headers=browser)
+        # The web app's answer, streamed by stream_all.py on its own connection, is logged...
+        env.proxy.wait_for_line(r"Streaming response from chatgpt\.com")
+        # ...the turn before it, streamed by the router, is not.
+        lines = [line for line in env.proxy.lines if "Streaming response from" in line]
+        assert len(lines) == 1, lines
+        assert env.fake.requests_for("/backend-api/conversations")
 
 
 def test_the_websocket_handshake_is_rewritten_and_its_usage_learnt(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from addon import placeholder
 from addon.router import Router
 from addon.state import Account, Credentials, State, Window
 from addon.statefile import StateFile
+from addon.streamnotice import LOGGER
 from tests.fakes.jwt import make_access_token
 
 TOKENS = {name: make_access_token(f"acct-{name}", exp=int(time.time()) + 86400) for name in "ab"}
@@ -211,6 +213,26 @@ def test_a_429_is_not_streamed(router: Fixture) -> None:
     )
     addon.responseheaders(flow)
     assert flow.response.stream is False
+    assert flow.client_conn.peername not in addon._notices.clients
+
+
+def test_mitmproxys_streaming_line_is_dropped_for_the_clients_the_router_streams_to(
+    router: Fixture,
+) -> None:
+    addon, _ = router
+    notices = addon._notices
+    assert notices in logging.getLogger(LOGGER).filters  # installed when loaded
+    flow = codex_flow()
+    run(addon.request(flow))
+    flow.response = tutils.tresp(
+        headers=http.Headers(**{"content-type": "text/event-stream"}), content=None
+    )
+    addon.responseheaders(flow)
+    assert notices.clients == {flow.client_conn.peername}
+    addon.client_disconnected(flow.client_conn)
+    assert not notices.clients
+    addon.done()
+    assert notices not in logging.getLogger(LOGGER).filters
 
 
 def test_nothing_eligible_is_answered_locally_and_marked(router: Fixture) -> None:
