@@ -21,6 +21,9 @@ import time
 from collections import Counter
 
 USAGE_STEP = 0.05  # percent per request on one account (1 % per 20 requests)
+# A window's reset time is fixed while the window lasts, as Codex's is: the router must not see
+# a new window every second.
+RESET_AT = int(time.time()) + 3600
 
 
 def _event(kind: str, data: dict[str, object]) -> bytes:
@@ -62,7 +65,7 @@ class Upstream(asyncio.Protocol):
         self.counts[account] += 1
         primary = min(99.0, 1 + self.counts[account] * USAGE_STEP)
         secondary = round(primary / 3, 2)
-        reset = int(time.time()) + 3600
+        reset = RESET_AT
         head = (
             "HTTP/1.1 200 OK\r\n"
             "content-type: text/event-stream\r\n"
