@@ -2,12 +2,15 @@
 
     python -m bench.loadgen load --port P --conns 8 --duration 6 --warmup 1
     python -m bench.loadgen stream --port P --requests 10
+    python -m bench.loadgen count --port P --conns 8 --requests 400
 
 `load` sends POST /backend-api/codex/responses back to back on each connection (each request a
 new conversation: `session-id` differs, so the router makes a full choice every time, its worst
 case) and prints JSON: requests completed per second in the measured window, latency p50/p99.
-`stream` sends one request at a time and prints the time to the first body byte and, for every
-event, the delay between the upstream sending it ("sent" in the event) and its arrival here.
+`count` sends exactly that many requests, split over the connections, and prints how many
+succeeded and how long it took. `stream` sends one request at a time and prints the time to the
+first body byte and, for every event, the delay between the upstream sending it ("sent" in the
+event) and its arrival here.
 """
 
 from __future__ import annotations
@@ -115,6 +118,34 @@ async def load(port: int, conns: int, duration: float, warmup: float) -> dict[st
     }
 
 
+# -- count -------------------------------------------------------------------------------------
+async def count(port: int, conns: int, requests: int) -> dict[str, Any]:
+    tag = os.urandom(4).hex()
+    counter = itertools.count()
+    ok = errors = 0
+    start = time.perf_counter()
+
+    async def connection(share: int) -> None:
+        nonlocal ok, errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for _ in range(share):
+                writer.write(request(port, f"count-{tag}-{next(counter)}"))
+                status, headers = await read_head(reader)
+                async for _ in read_body(reader, headers):
+                    pass
+                if status == 200:
+                    ok += 1
+                else:
+                    errors += 1
+        finally:
+            writer.close()
+
+    shares = [requests // conns + (i < requests % conns) for i in range(conns)]
+    await asyncio.gather(*(connection(share) for share in shares if share))
+    return {"requests": ok, "errors": errors, "seconds": time.perf_counter() - start}
+
+
 # -- stream ------------------------------------------------------------------------------------
 async def stream(port: int, requests: int, gap: float) -> dict[str, Any]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -157,7 +188,7 @@ async def stream(port: int, requests: int, gap: float) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("mode", choices=["load", "stream"])
+    parser.add_argument("mode", choices=["load", "count", "stream"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--conns", type=int, default=1)
     parser.add_argument("--duration", type=float, default=5.0)
@@ -167,6 +198,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.mode == "load":
         result = asyncio.run(load(args.port, args.conns, args.duration, args.warmup))
+    elif args.mode == "count":
+        result = asyncio.run(count(args.port, args.conns, args.requests))
     else:
         result = asyncio.run(stream(args.port, args.requests, args.gap))
     print(json.dumps(result), flush=True)

@@ -114,6 +114,7 @@ class Proxy:
     scripts: list[Path] = field(default_factory=list)
     options: dict[str, str] = field(default_factory=dict)
     ready: str = r"listening at"
+    wrapper: list[str] = field(default_factory=list)  # a command that runs mitmdump (valgrind)
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="qr-bench-")))
@@ -125,6 +126,7 @@ class Proxy:
     def start(self, timeout: float = 120.0) -> Proxy:
         self.port = free_port()
         cmd = [
+            *self.wrapper,
             MITMDUMP,
             "--mode",
             f"reverse:http://127.0.0.1:{self.upstream}",

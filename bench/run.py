@@ -10,6 +10,8 @@ Sections (all by default; `--only NAME ...` picks some):
   state       save / load time vs pool size, and the event loop's longest stall while saving.
   memory      the router's RSS after 50,000 and 100,000 routed requests over 10,000
               conversations (in-process: Router driven with mitmproxy.test.tflow).
+  instructions  instructions per request of bare, stream and the router, counted by callgrind
+              (valgrind): the same figure on a busy machine as on an idle one.
 
 Everything measured side by side runs in one session; ratios are of medians over rounds.
 """
@@ -39,7 +41,9 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-SECTIONS = ("throughput", "streaming", "selection", "state", "memory")
+from bench import instructions  # noqa: E402
+
+SECTIONS = ("throughput", "streaming", "selection", "state", "memory", "instructions")
 
 
 class Settings:
@@ -399,6 +403,8 @@ def report(settings: Settings, results: dict[str, Any]) -> str:
         lines += _throughput_table(settings, results["throughput"])
     if "streaming" in results:
         lines += _streaming_table(results["streaming"])
+    if "instructions" in results:
+        lines += instructions.table(results["instructions"], _order)
     if "selection" in results:
         lines += _selection_table(results["selection"])
     if "state" in results:
@@ -663,6 +669,7 @@ def main(argv: list[str] | None = None) -> int:
         ("selection", selection_bench),
         ("state", state_bench),
         ("memory", memory_bench),
+        ("instructions", lambda settings: instructions.instructions_bench(settings, log)),
     ]
     for name, step in steps:
         if name in sections:

@@ -1,0 +1,143 @@
+"""Instructions per request, counted by callgrind: a figure a noisy machine cannot fake.
+
+On a shared VM, req/s can swing by 2x from one round to the next; the number of instructions
+the proxy executes per request does not. Each configuration's mitmdump runs under
+`valgrind --tool=callgrind` (~50x slower). After a warm-up (and, for the router, its first
+save), its counters are zeroed (`callgrind_control --dump`), a fixed number of requests goes
+through it over 8 connections, and the counters are dumped again: the instructions of all its
+threads (the router's saver too), divided by the requests.
+
+What it leaves out: the kernel's share of each request (socket calls) and cache misses, so it
+compares user-space work; the throughput table says what that work costs in time. Time-paced
+work keeps its pace in wall-clock terms, so it is charged to ~50x fewer requests: a small
+pool's twice-a-second routine save weighs more here than at full speed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+CONNS = 8
+STARTUP = 1800.0  # seconds: a 10,000-account router starts in minutes under callgrind
+
+
+def available() -> bool:
+    return shutil.which("valgrind") is not None and shutil.which("callgrind_control") is not None
+
+
+def measure(proxy: Any, requests: int, log: Any) -> dict[str, Any]:
+    """Start `proxy` (a bench.procs.Proxy) under callgrind and count one batch of requests."""
+    from bench.procs import loadgen
+
+    out = proxy.workdir / "callgrind.out"
+    proxy.wrapper = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+    proxy.start(timeout=STARTUP)
+    try:
+        loadgen("count", proxy.port, conns=CONNS, requests=4 * CONNS)
+        _first_save(proxy)
+        _dump(proxy.pid)  # zeroes the counters
+        before = set(proxy.workdir.glob("callgrind.out.*"))
+        done = loadgen("count", proxy.port, conns=CONNS, requests=requests)
+        _dump(proxy.pid)
+        [dump] = set(proxy.workdir.glob("callgrind.out.*")) - before
+        total = _totals(dump)
+    finally:
+        proxy.stop()
+    if done["errors"] or not done["requests"]:
+        raise RuntimeError(f"{proxy.name}: {done['errors']} errors, {done['requests']} answered")
+    result = {
+        "requests": done["requests"],
+        "seconds": done["seconds"],
+        "instructions_per_request": total / done["requests"],
+    }
+    log(f"instructions {proxy.name}: {result['instructions_per_request'] / 1e6:.3f} M/request")
+    return result
+
+
+def _first_save(proxy: Any, timeout: float = STARTUP) -> None:
+    """A router's first save after start rewrites every account once: not steady state."""
+    from addon.statefile import StateFile
+
+    path = proxy.options.get("router_state")
+    if path is None:
+        return
+    deadline = time.monotonic() + timeout
+    while not sum(a.requests for a in StateFile(Path(path)).load().accounts):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{proxy.name}: no save within {timeout:.0f} s: see {proxy.log}")
+        time.sleep(2)
+
+
+def _dump(pid: int) -> None:
+    done = subprocess.run(
+        ["callgrind_control", "--dump", str(pid)], capture_output=True, text=True, timeout=600
+    )
+    if done.returncode != 0 or "OK" not in done.stdout:
+        raise RuntimeError(f"callgrind_control --dump {pid} failed: {done.stdout}{done.stderr}")
+
+
+def _totals(dump: Path) -> int:
+    for line in dump.read_text(errors="replace").splitlines():
+        if line.startswith("totals:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no totals in {dump}")
+
+
+def instructions_bench(settings: Any, log: Any) -> dict[str, Any]:
+    from bench.procs import (
+        Proxy,
+        Upstream,
+        make_accounts,
+        router_proxy,
+        stream_proxy,
+        write_state,
+    )
+
+    if not available():
+        log("instructions: valgrind (callgrind) is not installed: skipped")
+        return {"skipped": "valgrind is not installed"}
+    sizes = (1_000,) if settings.quick else settings.sizes
+    requests = 200 if settings.quick else 400
+    upstream = Upstream().start()
+    tmp = Path(tempfile.mkdtemp(prefix="qr-bench-callgrind-"))
+    try:
+        configs = [Proxy("bare", upstream.port), stream_proxy("stream", upstream.port)]
+        accounts = make_accounts(max(sizes))
+        for size in sizes:
+            state = write_state(tmp / f"state-{size}.toml", accounts[:size])
+            configs.append(router_proxy(f"addon-{size}", upstream.port, state))
+        # Counts do not depend on what else runs: use both cores.
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            runs = pool.map(lambda proxy: (proxy.name, measure(proxy, requests, log)), configs)
+            return {"requests": requests, "configs": dict(runs)}
+    finally:
+        upstream.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def table(data: dict[str, Any], order: Any) -> list[str]:
+    lines = ["### Instructions per request (callgrind)", ""]
+    if "skipped" in data:
+        return [*lines, f"Not measured: {data['skipped']}.", ""]
+    configs = data["configs"]
+    per = {name: run["instructions_per_request"] for name, run in configs.items()}
+    lines += [
+        f"{data['requests']} requests over {CONNS} connections through each mitmdump under "
+        "callgrind, after a warm-up; all threads counted. Not counted: the kernel's share and "
+        "cache misses.",
+        "",
+        "| config | M instructions per request | vs stream | vs bare |",
+        "|---|---:|---:|---:|",
+    ]
+    for name in sorted(per, key=order):
+        lines.append(
+            f"| {name} | {per[name] / 1e6:.2f} | {per[name] / per['stream']:.3f} | "
+            f"{per[name] / per['bare']:.3f} |"
+        )
+    return [*lines, ""]
