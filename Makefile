@@ -24,8 +24,9 @@ format: $(BIN)/mitmdump
 demo: $(BIN)/mitmdump
 	$(BIN)/python -m tests.demo
 
-# Benchmarks (not part of `make test`): a full run takes ~10 minutes on 2 cores.
-# `make bench BENCH_ARGS=--quick` for a ~4-minute run; `python -m bench --help` for more.
+# Benchmarks (not part of `make test`): a full run takes ~20 minutes on 2 cores, half of it
+# under valgrind (skipped without it). `make bench BENCH_ARGS=--quick` for a ~8-minute run;
+# `python -m bench --help` for more.
 BENCH_ARGS ?=
 bench: $(BIN)/mitmdump
 	$(BIN)/python -m bench $(BENCH_ARGS)
