@@ -75,13 +75,10 @@ def measure(proxy: Any, requests: int, log: Any) -> dict[str, Any]:
 
 def _first_save(proxy: Any, timeout: float = STARTUP) -> None:
     """A router's first save after start rewrites every account once: not steady state."""
-    from addon.statefile import StateFile
+    from bench.procs import routed
 
-    path = proxy.options.get("router_state")
-    if path is None:
-        return
     deadline = time.monotonic() + timeout
-    while not sum(a.requests for a in StateFile(Path(path)).load().accounts):
+    while routed(proxy) == 0:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{proxy.name}: no save within {timeout:.0f} s: see {proxy.log}")
         time.sleep(2)
@@ -103,14 +100,7 @@ def _totals(dump: Path) -> int:
 
 
 def instructions_bench(settings: Any, log: Any) -> dict[str, Any]:
-    from bench.procs import (
-        Proxy,
-        Upstream,
-        make_accounts,
-        router_proxy,
-        stream_proxy,
-        write_state,
-    )
+    from bench.procs import Upstream, configs
 
     if not available():
         log("instructions: valgrind (callgrind) is not installed: skipped")
@@ -120,14 +110,10 @@ def instructions_bench(settings: Any, log: Any) -> dict[str, Any]:
     upstream = Upstream().start()
     tmp = Path(tempfile.mkdtemp(prefix="qr-bench-callgrind-"))
     try:
-        configs = [Proxy("bare", upstream.port), stream_proxy("stream", upstream.port)]
-        accounts = make_accounts(max(sizes))
-        for size in sizes:
-            state = write_state(tmp / f"state-{size}.toml", accounts[:size])
-            configs.append(router_proxy(f"addon-{size}", upstream.port, state))
+        proxies = configs(upstream.port, sizes, tmp, hooks=False)
         # Counts do not depend on what else runs: use both cores.
         with ThreadPoolExecutor(max_workers=2) as pool:
-            runs = pool.map(lambda proxy: (proxy.name, measure(proxy, requests, log)), configs)
+            runs = pool.map(lambda proxy: (proxy.name, measure(proxy, requests, log)), proxies)
             return {"requests": requests, "configs": dict(runs)}
     finally:
         upstream.stop()

@@ -72,6 +72,17 @@ async def read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> An
         yield await reader.readexactly(length)
 
 
+async def exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int, conversation: str
+) -> int:
+    """One request and its whole answer on a kept-alive connection; the answer's status."""
+    writer.write(request(port, conversation))
+    status, headers = await read_head(reader)
+    async for _ in read_body(reader, headers):
+        pass
+    return status
+
+
 # -- load --------------------------------------------------------------------------------------
 async def load(port: int, conns: int, duration: float, warmup: float) -> dict[str, Any]:
     tag = os.urandom(4).hex()
@@ -89,10 +100,7 @@ async def load(port: int, conns: int, duration: float, warmup: float) -> dict[st
                 sent = time.perf_counter()
                 if sent >= stop_at:
                     return
-                writer.write(request(port, f"bench-{tag}-{next(counter)}"))
-                status, headers = await read_head(reader)
-                async for _ in read_body(reader, headers):
-                    pass
+                status = await exchange(reader, writer, port, f"bench-{tag}-{next(counter)}")
                 done = time.perf_counter()
                 if status != 200:
                     errors += 1
@@ -130,11 +138,7 @@ async def count(port: int, conns: int, requests: int) -> dict[str, Any]:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             for _ in range(share):
-                writer.write(request(port, f"count-{tag}-{next(counter)}"))
-                status, headers = await read_head(reader)
-                async for _ in read_body(reader, headers):
-                    pass
-                if status == 200:
+                if await exchange(reader, writer, port, f"count-{tag}-{next(counter)}") == 200:
                     ok += 1
                 else:
                     errors += 1

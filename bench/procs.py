@@ -203,6 +203,27 @@ def router_proxy(name: str, upstream: int, state: Path, strategy: str = "fill_fi
     return proxy
 
 
+def configs(upstream: int, sizes: tuple[int, ...], tmp: Path, hooks: bool = True) -> list[Proxy]:
+    """The end-to-end configurations, not started: bare, stream (and hooks), a router per size
+    (its state file written in `tmp`)."""
+    proxies = [Proxy("bare", upstream), stream_proxy("stream", upstream)]
+    if hooks:
+        proxies.append(hooks_proxy("hooks", upstream))
+    accounts = make_accounts(max(sizes))
+    for size in sizes:
+        state = write_state(tmp / f"state-{size}.toml", accounts[:size])
+        proxies.append(router_proxy(f"addon-{size}", upstream, state))
+    return proxies
+
+
+def routed(proxy: Proxy) -> int | None:
+    """Requests a router's state file says it routed (known after its saves); None: no router."""
+    path = proxy.options.get("router_state")
+    if path is None:
+        return None
+    return sum(account.requests for account in StateFile(Path(path)).load().accounts)
+
+
 def loadgen(mode: str, port: int, **args: Any) -> dict[str, Any]:
     cmd = [PYTHON, "-m", "bench.loadgen", mode, "--port", str(port)]
     for key, value in args.items():
@@ -228,8 +249,10 @@ __all__ = [
     "Proxy",
     "State",
     "Upstream",
+    "configs",
     "hooks_proxy",
     "loadgen",
     "make_accounts",
+    "routed",
     "router_proxy",
 ]

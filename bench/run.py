@@ -72,31 +72,13 @@ def median(values: list[float]) -> float:
 # -- end to end --------------------------------------------------------------------------------
 @contextmanager
 def proxies(settings: Settings) -> Iterator[tuple[list[Any], Any]]:
-    from bench.procs import (
-        Proxy,
-        Upstream,
-        hooks_proxy,
-        loadgen,
-        make_accounts,
-        router_proxy,
-        stream_proxy,
-        write_state,
-    )
+    from bench.procs import Upstream, configs, loadgen
 
     upstream = Upstream().start()
     started: list[Any] = []
     tmp = Path(tempfile.mkdtemp(prefix="qr-bench-states-"))
     try:
-        configs = [
-            Proxy("bare", upstream.port),
-            stream_proxy("stream", upstream.port),
-            hooks_proxy("hooks", upstream.port),
-        ]
-        accounts = make_accounts(max(settings.sizes))
-        for size in settings.sizes:
-            state = write_state(tmp / f"state-{size}.toml", accounts[:size])
-            configs.append(router_proxy(f"addon-{size}", upstream.port, state))
-        for proxy in configs:
+        for proxy in configs(upstream.port, settings.sizes, tmp):
             log(f"starting {proxy.name}")
             started.append(proxy.start())
         # Steady state: a first burst of traffic, and time for the router's first save after
@@ -116,15 +98,14 @@ def proxies(settings: Settings) -> Iterator[tuple[list[Any], Any]]:
 
 def _check_routed(proxy: Any) -> None:
     """A router that routed nothing would be measured as a cheap pass-through: refuse."""
-    from addon.statefile import StateFile
+    from bench.procs import routed
 
-    path = proxy.options.get("router_state")
-    if path is None:
+    count = routed(proxy)
+    if count is None:
         return
-    routed = sum(account.requests for account in StateFile(Path(path)).load().accounts)
-    if not routed:
+    if not count:
         raise RuntimeError(f"{proxy.name} routed no request during the warm-up: see {proxy.log}")
-    log(f"{proxy.name} routed {routed} requests during the warm-up")
+    log(f"{proxy.name} routed {count} requests during the warm-up")
 
 
 def throughput(settings: Settings, configs: list[Any]) -> dict[str, Any]:
