@@ -16,12 +16,16 @@ the pool calls urgent (a limit, a login, an operator's change) is saved at the n
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import TypeVar
 
 from addon.merge import Outside
 from addon.pool import Pool
@@ -36,6 +40,8 @@ except (ImportError, AttributeError):
     _RUSAGE_THREAD = None
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 FULL_CHECK_EVERY = 60.0  # seconds between saves that compare every account
 MAX_SHARE = 0.01  # of the CPU time routine saving may take, averaged over saves
@@ -67,6 +73,18 @@ def switching(interval: float = SWITCH_INTERVAL) -> Iterator[None]:
         sys.setswitchinterval(previous)
 
 
+def background() -> None:
+    """Lowers the calling thread to the SCHED_IDLE policy (Linux; elsewhere nothing changes:
+    macOS's `nice` would slow the whole process). A thread may always lower itself."""
+    policy = getattr(os, "SCHED_IDLE", None)
+    if policy is None:
+        return
+    try:
+        os.sched_setscheduler(0, policy, os.sched_param(0))
+    except OSError as e:  # a sandbox may forbid it: saving works all the same
+        logger.debug("quota-router: the saving thread keeps its priority (%s)", e)
+
+
 class Saver:
     def __init__(self, pool: Pool, file: StateFile, interval: float = 0.5) -> None:
         self.pool = pool
@@ -78,6 +96,7 @@ class Saver:
         self._lock = asyncio.Lock()
         self.cost = 0.0  # CPU seconds the last save took in its thread
         self._last_full = 0.0  # time.monotonic() of the last save that compared everything
+        self._thread = ThreadPoolExecutor(1, "quota-router-saver", initializer=background)
 
     async def run(self) -> None:
         while True:
@@ -100,8 +119,17 @@ class Saver:
             if self.pool.urgent or time.monotonic() >= deadline:
                 return
 
+    async def _off_loop(self, func: Callable[..., T], *args: object) -> T:
+        """`func(*args)` in the saver's own thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, functools.partial(func, *args))
+
+    def close(self) -> None:
+        """Lets the saver's thread end once a save in flight is done."""
+        self._thread.shutdown(wait=False)
+
     async def tick(self) -> None:
-        external = await asyncio.to_thread(self._external)
+        external = await self._off_loop(self._external)
         if external or self.pool.version != self.saved_changes:
             await self.save(external)
 
@@ -110,14 +138,14 @@ class Saver:
         `external`: whether another writer changed the file (None: not known yet)."""
         async with self._lock:
             if external is None:
-                external = await asyncio.to_thread(self._external)
+                external = await self._off_loop(self._external)
             changes = self.pool.version
             urgent, self.pool.urgent = self.pool.urgent, False
             unsaved = self._take_unsaved()
             changed, conversations = self._take_changes(external)
             try:
                 with switching():
-                    merged, outside = await asyncio.to_thread(
+                    merged, outside = await self._off_loop(
                         self._sync, unsaved, conversations, changed
                     )
             except (StateFileError, OSError) as e:

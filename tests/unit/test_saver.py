@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
+import threading
 import time
 import types
 from pathlib import Path
@@ -86,18 +88,78 @@ def test_the_switch_interval_is_lowered_before_the_worker_starts(
 ) -> None:
     """On the loop's thread: a loop already waiting for the GIL keeps the old interval."""
     seen: list[float] = []
-    real = asyncio.to_thread
-
-    async def recording(func, /, *args, **kwargs):  # type: ignore[no-untyped-def]
-        seen.append(sys.getswitchinterval())
-        return await real(func, *args, **kwargs)
-
-    monkeypatch.setattr(saver_module.asyncio, "to_thread", recording)
     pool, saver = setup(state_path)
+    real = saver._off_loop
+
+    async def recording(func, /, *args):  # type: ignore[no-untyped-def]
+        seen.append(sys.getswitchinterval())
+        return await real(func, *args)
+
+    monkeypatch.setattr(saver, "_off_loop", recording)
     pool.record_route(pool.accounts[0], 1.0)
     assert asyncio.run(saver.save())
     # The merge-and-write thread was started with it (the interpreter keeps microseconds).
     assert min(seen) == pytest.approx(saver_module.SWITCH_INTERVAL, rel=0.01)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_the_merge_and_write_run_in_a_thread_of_idle_priority(
+    state_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The event loop waking up must get the saver's CPU at once."""
+    pool, saver = setup(state_path)
+    real = saver.file.sync
+    seen: list[tuple[int, int]] = []
+
+    def sync(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append((threading.get_ident(), os.sched_getscheduler(0)))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(saver.file, "sync", sync)
+    pool.record_route(pool.accounts[0], 1.0)
+    assert asyncio.run(saver.save())
+    pool.record_route(pool.accounts[0], 2.0)
+    assert asyncio.run(saver.save())  # another event loop: the same thread
+    assert len(seen) == 2 and seen[0] == seen[1]
+    assert seen[0][0] != threading.get_ident()
+    assert seen[0][1] == os.SCHED_IDLE
+    assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the loop's thread keeps its own
+
+
+def test_a_thread_that_may_not_lower_its_priority_saves_all_the_same(
+    state_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refuse(*args: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(saver_module.os, "sched_setscheduler", refuse, raising=False)
+    monkeypatch.setattr(saver_module.os, "SCHED_IDLE", 5, raising=False)
+    pool, saver = setup(state_path)
+    pool.record_route(pool.get("a"), 1_800_000_000)
+    with caplog.at_level("DEBUG", logger=saver_module.__name__):
+        assert asyncio.run(saver.save())
+    assert on_disk(state_path)["a"].requests == 1  # type: ignore[attr-defined]
+    assert "keeps its priority (" in caplog.text
+
+
+def test_a_closed_saver_lets_its_thread_end(
+    state_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool, saver = setup(state_path)
+    real = saver.file.sync
+    threads: list[threading.Thread] = []
+
+    def sync(*args, **kwargs):  # type: ignore[no-untyped-def]
+        threads.append(threading.current_thread())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(saver.file, "sync", sync)
+    pool.record_route(pool.get("a"), 1_800_000_000)
+    assert asyncio.run(saver.save())
+    assert threads[0].name.startswith("quota-router-saver")
+    saver.close()
+    threads[0].join(timeout=5)
+    assert not threads[0].is_alive()
 
 
 def test_saving_restores_the_interpreter_switch_interval(state_path: Path) -> None:
