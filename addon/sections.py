@@ -16,6 +16,7 @@ caller parses the whole text as before, with its exact error messages.
 
 from __future__ import annotations
 
+import mmap
 import re
 import tomllib
 from collections.abc import Mapping
@@ -27,13 +28,13 @@ KINDS = {"accounts": Account, "conversations": Conversation}
 _HEADER = re.compile(rb"^\[\[(accounts|conversations)\]\]$", re.MULTILINE)
 
 
-def split(raw: bytes) -> tuple[bytes, list[bytes], set[str]]:
+def split(raw: bytes | mmap.mmap) -> tuple[bytes, list[bytes], set[str]]:
     """The text before the first section header line, each section, and their kinds. A
     section starts at the newline before its header line (the blank line synccache.section
-    writes first)."""
+    writes first). Slices of an mmap are bytes."""
     found = [(max(0, m.start() - 1), m[1]) for m in _HEADER.finditer(raw)]
     if not found:
-        return raw, [], set()
+        return raw[:], [], set()
     starts = [start for start, _kind in found]
     ends = [*starts[1:], len(raw)]
     kinds = {kind.decode() for _start, kind in found}
@@ -49,7 +50,7 @@ def _load(chunk: bytes) -> dict[str, Any] | None:
         return None
 
 
-def parse_reusing(raw: bytes, reuse: Mapping[bytes, Any]) -> State | None:
+def parse_reusing(raw: bytes | mmap.mmap, reuse: Mapping[bytes, Any]) -> State | None:
     """statefile.parse of `raw`, with the objects of `reuse` (by their exact section text) in
     place of the sections holding that text; None: parse the whole text instead."""
     head, sections, kinds = split(raw)

@@ -473,6 +473,95 @@ def test_another_writers_change_is_taken_in_without_redoing_the_rest(state_path:
     )  # the index knows "b" is paused
 
 
+class Reads:
+    """Records the reads sync() makes of the state file; `during` runs after the first."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, during: object = None) -> None:
+        self.sizes: list[int] = []
+        self.during = during
+        monkeypatch.setattr(statefile, "open", self.open, raising=False)
+
+    def open(self, path: Path, mode: str, buffering: int = -1) -> object:
+        reads = self
+        file = open(path, mode, buffering=buffering)  # noqa: SIM115 (closed by the caller)
+
+        class Recorded:
+            def __getattr__(self, name: str) -> object:
+                return getattr(file, name)
+
+            def __enter__(self) -> Recorded:
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                file.close()
+
+            def readinto(self, view: memoryview) -> int:
+                reads.sizes.append(len(view))
+                got = file.readinto(view)
+                if len(reads.sizes) == 1 and callable(reads.during):
+                    reads.during()
+                return got
+
+        return Recorded()
+
+
+def accounts(*names: str) -> tuple[Account, ...]:
+    return tuple(account(name) for name in names)
+
+
+def test_another_writers_large_file_is_read_in_steps(
+    state_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each step is a return from the kernel, where the saver's thread can be preempted."""
+    size = len(write_state(state_path, *accounts("a", "b", "c")))
+    monkeypatch.setattr(statefile, "READ_STEP", 256)
+    proxy = Proxy(state_path)
+    cli(state_path, lambda pool: pool.pause("b"))
+    reads = Reads(monkeypatch)
+    proxy.route("a")
+    assert proxy.save() is True
+    assert max(reads.sizes) <= 256 and len(reads.sizes) >= size // 256
+    assert proxy.pool.get("b").status is Status.PAUSED
+    assert on_disk(state_path)["a"].requests == 1
+
+
+def test_a_large_file_emptied_in_place_is_not_taken_in(
+    state_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_state(state_path, *accounts("a", "b"))
+    monkeypatch.setattr(statefile, "READ_STEP", 64)
+    proxy = Proxy(state_path)
+    state_path.write_text(" \n" * 200)  # blank, and larger than one step
+    proxy.route("a")
+    with pytest.raises(StateFileError, match="the file is empty; not taken in"):
+        proxy.save()
+    assert state_path.read_text() == " \n" * 200
+
+
+@pytest.mark.parametrize("grows", [True, False], ids=["grows", "shrinks"])
+def test_a_file_rewritten_in_place_while_being_read_is_read_again_whole(
+    state_path: Path, monkeypatch: pytest.MonkeyPatch, grows: bool
+) -> None:
+    """An editor writes in place (truncate, then write): the bytes read so far are of the
+    old text. The read ends short of, or past, the size the file had."""
+    write_state(state_path, *accounts("a", "b"))
+    proxy = Proxy(state_path)
+    other = state_path.with_name("other.toml")
+    other.write_bytes(state_path.read_bytes())
+    if grows:
+        StateFile(other).edit(lambda state: state.accounts.append(account("c")))
+    else:
+        StateFile(other).edit(lambda state: state.accounts.pop())
+    cli(state_path, lambda pool: pool.pause("a"))  # a change: the proxy reads the file
+    monkeypatch.setattr(statefile, "READ_STEP", 128)
+    reads = Reads(monkeypatch, during=lambda: state_path.write_bytes(other.read_bytes()))
+    proxy.route("a")
+    assert proxy.save() is True
+    assert len(reads.sizes) > 1
+    assert sorted(on_disk(state_path)) == (["a", "b", "c"] if grows else ["a"])
+    assert sorted(a.name for a in proxy.pool.accounts) == sorted(on_disk(state_path))
+
+
 def test_sync_keeps_an_import_and_a_removal_made_by_the_cli(state_path: Path) -> None:
     write_state(state_path, account("a"), account("gone"))
     proxy = Proxy(state_path)
