@@ -142,6 +142,44 @@ def test_a_thread_that_may_not_lower_its_priority_saves_all_the_same(
     assert "keeps its priority (" in caplog.text
 
 
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_a_save_starved_of_cpu_at_idle_priority_moves_saving_to_normal_priority(
+    state_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A machine kept busy by other work gives an idle-priority thread almost no CPU."""
+    waits = iter([0.0, 0.2, 0.2, 5.0])  # the first save waits 0.2 s for a CPU, the second 4.8
+    monkeypatch.setattr(saver_module, "_run_delay", lambda: next(waits, 5.0))
+    pool, saver = setup(state_path)
+    real = saver.file.sync
+    policies: list[int] = []
+
+    def sync(*args, **kwargs):  # type: ignore[no-untyped-def]
+        policies.append(os.sched_getscheduler(0))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(saver.file, "sync", sync)
+    with caplog.at_level("INFO", logger=saver_module.__name__):
+        for when in (1.0, 2.0, 3.0):
+            pool.record_route(pool.get("a"), when)
+            assert asyncio.run(saver.save())
+    assert policies == [os.SCHED_IDLE, os.SCHED_IDLE, os.SCHED_OTHER]
+    assert "waited 4.8 s for a CPU" in caplog.text
+    assert "saving at normal priority from now on" in caplog.text
+    assert on_disk(state_path)["a"].requests == 3  # type: ignore[attr-defined]
+
+
+@pytest.mark.skipif(
+    not Path("/proc/thread-self/schedstat").exists(), reason="Linux's per-thread schedstat"
+)
+def test_the_wait_for_a_cpu_is_this_threads_run_queue_delay() -> None:
+    def delay() -> float:
+        return int(Path("/proc/thread-self/schedstat").read_text().split()[1]) / 1e9
+
+    before = delay()
+    measured = saver_module._run_delay()
+    assert before <= measured <= delay()
+
+
 def test_a_closed_saver_lets_its_thread_end(
     state_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
