@@ -229,7 +229,6 @@ class Router:
             raise exceptions.OptionsError(f"router_state: {e}") from None
         if self.saver is not None:
             self.saver.flush()  # the old file keeps what was learnt so far
-            self.saver.close()
         self.file, self.pool = file, Pool(state)
         self.saver = Saver(self.pool, file)
         if self._task is not None:
@@ -273,7 +272,6 @@ class Router:
             self._task = None
         if self.saver is not None:
             self.saver.flush()
-            self.saver.close()
 
     # -- requests --------------------------------------------------------------------------
     def _is_routed(self, flow: http.HTTPFlow) -> bool:

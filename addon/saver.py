@@ -4,11 +4,10 @@ A background task wakes every `interval` seconds; when the pool changed, or anot
 changed the file, it merges and writes in a worker thread. Failures are loud, never fatal: the
 proxy keeps routing from memory and tries again on the next tick.
 
-The saver has a thread of its own that runs, on Linux, at the SCHED_IDLE scheduling policy: the
-event loop waking up takes the CPU the save runs on at once. At normal priority the kernel
-would rather wake the loop on an idle CPU, which costs milliseconds on a virtual machine whose
-idle CPUs are halted. On a machine kept busy by other work, such a thread gets almost no CPU:
-once a save has waited STARVED seconds for one, saving goes on at normal priority.
+The worker thread runs at normal priority. At SCHED_IDLE the event loop would take its CPU at
+once on waking (fewer stalls on a VM whose idle vCPUs wake slowly), but on a machine other work
+keeps busy such a thread gets almost no CPU, while holding the file's lock that the CLI and
+token refreshes (which persist the new pair before using it) wait for.
 
 The worker thread shares the GIL and the CPU with the event loop, so its work is kept small:
 it redoes only what the pool says changed (statefile.StateFile.sync with `changed`; every
@@ -22,16 +21,12 @@ the pool calls urgent (a limit, a login, an operator's change) is saved at the n
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import TypeVar
 
 from addon.merge import Outside
 from addon.pool import Pool
@@ -47,12 +42,9 @@ except (ImportError, AttributeError):
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
 FULL_CHECK_EVERY = 60.0  # seconds between saves that compare every account
 MAX_SHARE = 0.01  # of the CPU time routine saving may take, averaged over saves
 MAX_INTERVAL = 10.0  # seconds: however long one save took (reading another writer's big file)
-STARVED = 1.0  # seconds a save at idle priority may wait for a CPU before saving stops using it
 # While a save runs, the interpreter switches threads this often (default 5 ms): the event
 # loop, waiting for the GIL the saving thread holds, then waits at most this long. Set from the
 # event loop's thread before the save starts: a thread already waiting for the GIL keeps the
@@ -80,27 +72,6 @@ def switching(interval: float = SWITCH_INTERVAL) -> Iterator[None]:
         sys.setswitchinterval(previous)
 
 
-def _run_delay() -> float:
-    """Seconds this thread has spent runnable but waiting for a CPU (Linux; 0 elsewhere)."""
-    try:
-        with open("/proc/thread-self/schedstat", "rb") as f:
-            return int(f.read().split()[1]) / 1e9
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
-def background() -> None:
-    """Lowers the calling thread to the SCHED_IDLE policy (Linux; elsewhere nothing changes:
-    macOS's `nice` would slow the whole process). A thread may always lower itself."""
-    policy = getattr(os, "SCHED_IDLE", None)
-    if policy is None:
-        return
-    try:
-        os.sched_setscheduler(0, policy, os.sched_param(0))
-    except OSError as e:  # a sandbox may forbid it: saving works all the same
-        logger.debug("quota-router: the saving thread keeps its priority (%s)", e)
-
-
 class Saver:
     def __init__(self, pool: Pool, file: StateFile, interval: float = 0.5) -> None:
         self.pool = pool
@@ -111,10 +82,7 @@ class Saver:
         self.error_since: float | None = None
         self._lock = asyncio.Lock()
         self.cost = 0.0  # CPU seconds the last save took in its thread
-        self.waited = 0.0  # seconds the last save's thread waited for a CPU
         self._last_full = 0.0  # time.monotonic() of the last save that compared everything
-        self._thread = ThreadPoolExecutor(1, "quota-router-saver", initializer=background)
-        self._idle = True  # saves run in that thread; False: in the loop's default executor
 
     async def run(self) -> None:
         while True:
@@ -137,27 +105,8 @@ class Saver:
             if self.pool.urgent or time.monotonic() >= deadline:
                 return
 
-    async def _off_loop(self, func: Callable[..., T], *args: object) -> T:
-        """`func(*args)` in the saver's own thread (at normal priority once starved)."""
-        loop = asyncio.get_running_loop()
-        thread = self._thread if self._idle else None
-        return await loop.run_in_executor(thread, functools.partial(func, *args))
-
-    def _check_starved(self) -> None:
-        if self._idle and self.waited > STARVED:
-            self._idle = False
-            logger.info(
-                "quota-router: the machine is busy (a save waited %.1f s for a CPU at idle "
-                "priority); saving at normal priority from now on",
-                self.waited,
-            )
-
-    def close(self) -> None:
-        """Lets the saver's thread end once a save in flight is done."""
-        self._thread.shutdown(wait=False)
-
     async def tick(self) -> None:
-        external = await self._off_loop(self._external)
+        external = await asyncio.to_thread(self._external)
         if external or self.pool.version != self.saved_changes:
             await self.save(external)
 
@@ -166,24 +115,22 @@ class Saver:
         `external`: whether another writer changed the file (None: not known yet)."""
         async with self._lock:
             if external is None:
-                external = await self._off_loop(self._external)
+                external = await asyncio.to_thread(self._external)
             changes = self.pool.version
             urgent, self.pool.urgent = self.pool.urgent, False
             unsaved = self._take_unsaved()
             changed, conversations = self._take_changes(external)
             try:
                 with switching():
-                    merged, outside = await self._off_loop(
+                    merged, outside = await asyncio.to_thread(
                         self._sync, unsaved, conversations, changed
                     )
             except (StateFileError, OSError) as e:
-                self._check_starved()
                 self.pool.urgent |= urgent
                 self.pool.unsaved_requests.update(unsaved)
                 self.pool.unsaved_accounts = self.pool.unsaved_conversations = None
                 self._failed(e)
                 return False
-            self._check_starved()
             self._saved(changes)
             if outside is not None:
                 self.pool.adopt(merged, outside)
@@ -235,13 +182,12 @@ class Saver:
         conversations: Mapping[str, tuple[str, float]],
         changed: set[str] | None,
     ) -> tuple[State, Outside | None]:
-        """The worker thread's part, timed in CPU seconds and in seconds waiting for a CPU."""
-        started, waiting = _thread_time(), _run_delay()
+        """The worker thread's part, timed in CPU seconds."""
+        started = _thread_time()
         try:
             return self.file.sync(self.pool.state, unsaved, conversations, changed)
         finally:
             self.cost = _thread_time() - started
-            self.waited = _run_delay() - waiting
 
     def _take_unsaved(self) -> Counter[str]:
         unsaved, self.pool.unsaved_requests = self.pool.unsaved_requests, Counter()

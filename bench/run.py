@@ -310,16 +310,14 @@ async def _busy_floor(seconds: float = 0.5) -> float:
     """The longest stall while a worker thread merely runs Python code: the floor for any
     work done off the loop (the loop waits up to the switch interval saving uses for the
     GIL, plus the machine's own noise)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from addon.saver import background, switching
+    from addon.saver import switching
 
     ticker = Ticker()
     ticker.start()
     await asyncio.sleep(0.01)
     ticker.take()
-    with ThreadPoolExecutor(1, initializer=background) as thread, switching():  # as the saver's
-        await asyncio.get_running_loop().run_in_executor(thread, _spin, seconds)
+    with switching():  # as the saver does
+        await asyncio.to_thread(_spin, seconds)
     return await ticker.settle()
 
 

@@ -344,29 +344,6 @@ def test_an_invalid_state_file_is_refused_live_and_the_old_state_kept(
     assert bad.read_text() == "version = 1\naccounts = 3\n"
 
 
-def test_a_savers_thread_is_let_go_at_shutdown_and_when_the_state_file_changes(
-    router: Fixture, tmp_path: Path
-) -> None:
-    addon, tctx = router
-
-    async def live() -> None:
-        addon.running()
-        old = addon.saver
-        assert old is not None
-        tctx.configure(addon, router_state=str(tmp_path / "other.toml"))
-        assert addon.saver is not old
-        with pytest.raises(RuntimeError, match="after shutdown"):
-            await old._off_loop(time.time)
-        current = addon.saver
-        assert current is not None
-        assert await current._off_loop(len, "abc") == 3
-        addon.done()
-        with pytest.raises(RuntimeError, match="after shutdown"):
-            await current._off_loop(time.time)
-
-    run(live())
-
-
 def test_state_is_flushed_on_shutdown(router: Fixture, tmp_path: Path) -> None:
     addon, _ = router
     for _ in range(3):

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
-import threading
 import time
 import types
 from pathlib import Path
@@ -88,116 +86,18 @@ def test_the_switch_interval_is_lowered_before_the_worker_starts(
 ) -> None:
     """On the loop's thread: a loop already waiting for the GIL keeps the old interval."""
     seen: list[float] = []
-    pool, saver = setup(state_path)
-    real = saver._off_loop
+    real = asyncio.to_thread
 
-    async def recording(func, /, *args):  # type: ignore[no-untyped-def]
+    async def recording(func, /, *args, **kwargs):  # type: ignore[no-untyped-def]
         seen.append(sys.getswitchinterval())
-        return await real(func, *args)
+        return await real(func, *args, **kwargs)
 
-    monkeypatch.setattr(saver, "_off_loop", recording)
+    monkeypatch.setattr(saver_module.asyncio, "to_thread", recording)
+    pool, saver = setup(state_path)
     pool.record_route(pool.accounts[0], 1.0)
     assert asyncio.run(saver.save())
     # The merge-and-write thread was started with it (the interpreter keeps microseconds).
     assert min(seen) == pytest.approx(saver_module.SWITCH_INTERVAL, rel=0.01)
-
-
-@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
-def test_the_merge_and_write_run_in_a_thread_of_idle_priority(
-    state_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The event loop waking up must get the saver's CPU at once."""
-    pool, saver = setup(state_path)
-    real = saver.file.sync
-    seen: list[tuple[int, int]] = []
-
-    def sync(*args, **kwargs):  # type: ignore[no-untyped-def]
-        seen.append((threading.get_ident(), os.sched_getscheduler(0)))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(saver.file, "sync", sync)
-    pool.record_route(pool.accounts[0], 1.0)
-    assert asyncio.run(saver.save())
-    pool.record_route(pool.accounts[0], 2.0)
-    assert asyncio.run(saver.save())  # another event loop: the same thread
-    assert len(seen) == 2 and seen[0] == seen[1]
-    assert seen[0][0] != threading.get_ident()
-    assert seen[0][1] == os.SCHED_IDLE
-    assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the loop's thread keeps its own
-
-
-def test_a_thread_that_may_not_lower_its_priority_saves_all_the_same(
-    state_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    def refuse(*args: object) -> None:
-        raise PermissionError(1, "Operation not permitted")
-
-    monkeypatch.setattr(saver_module.os, "sched_setscheduler", refuse, raising=False)
-    monkeypatch.setattr(saver_module.os, "SCHED_IDLE", 5, raising=False)
-    pool, saver = setup(state_path)
-    pool.record_route(pool.get("a"), 1_800_000_000)
-    with caplog.at_level("DEBUG", logger=saver_module.__name__):
-        assert asyncio.run(saver.save())
-    assert on_disk(state_path)["a"].requests == 1  # type: ignore[attr-defined]
-    assert "keeps its priority (" in caplog.text
-
-
-@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
-def test_a_save_starved_of_cpu_at_idle_priority_moves_saving_to_normal_priority(
-    state_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A machine kept busy by other work gives an idle-priority thread almost no CPU."""
-    waits = iter([0.0, 0.2, 0.2, 5.0])  # the first save waits 0.2 s for a CPU, the second 4.8
-    monkeypatch.setattr(saver_module, "_run_delay", lambda: next(waits, 5.0))
-    pool, saver = setup(state_path)
-    real = saver.file.sync
-    policies: list[int] = []
-
-    def sync(*args, **kwargs):  # type: ignore[no-untyped-def]
-        policies.append(os.sched_getscheduler(0))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(saver.file, "sync", sync)
-    with caplog.at_level("INFO", logger=saver_module.__name__):
-        for when in (1.0, 2.0, 3.0):
-            pool.record_route(pool.get("a"), when)
-            assert asyncio.run(saver.save())
-    assert policies == [os.SCHED_IDLE, os.SCHED_IDLE, os.SCHED_OTHER]
-    assert "waited 4.8 s for a CPU" in caplog.text
-    assert "saving at normal priority from now on" in caplog.text
-    assert on_disk(state_path)["a"].requests == 3  # type: ignore[attr-defined]
-
-
-@pytest.mark.skipif(
-    not Path("/proc/thread-self/schedstat").exists(), reason="Linux's per-thread schedstat"
-)
-def test_the_wait_for_a_cpu_is_this_threads_run_queue_delay() -> None:
-    def delay() -> float:
-        return int(Path("/proc/thread-self/schedstat").read_text().split()[1]) / 1e9
-
-    before = delay()
-    measured = saver_module._run_delay()
-    assert before <= measured <= delay()
-
-
-def test_a_closed_saver_lets_its_thread_end(
-    state_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    pool, saver = setup(state_path)
-    real = saver.file.sync
-    threads: list[threading.Thread] = []
-
-    def sync(*args, **kwargs):  # type: ignore[no-untyped-def]
-        threads.append(threading.current_thread())
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(saver.file, "sync", sync)
-    pool.record_route(pool.get("a"), 1_800_000_000)
-    assert asyncio.run(saver.save())
-    assert threads[0].name.startswith("quota-router-saver")
-    saver.close()
-    threads[0].join(timeout=5)
-    assert not threads[0].is_alive()
 
 
 def test_saving_restores_the_interpreter_switch_interval(state_path: Path) -> None:
