@@ -17,6 +17,7 @@ import tomllib
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pydantic
 import tomli_w
@@ -39,7 +40,7 @@ LOCK_TIMEOUT = 15.0
 # Temp files are `.<name>.<pid>.<hex>`; this matches the part after `.<name>.`.
 _TEMP_SUFFIX = re.compile(r"\d+\.[0-9a-f]{8,32}")
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-# sync() reads another writer's file in steps of this size: each step is one return from the
+# A large state file is read in steps of this size: each step is one return from the
 # kernel, where the saver's thread can be preempted for the event loop (one 21 MiB read held a
 # CPU for 5-13 ms), and the pages are filled there, not under the GIL.
 READ_STEP = 1 << 20
@@ -142,6 +143,17 @@ def _batches(pieces: list[bytes]) -> Iterator[bytes]:
         yield b"".join(pieces[start : start + step])
 
 
+def _read_in_steps(f: BinaryIO, size: int) -> mmap.mmap | None:
+    """`size` bytes of `f` in READ_STEP reads; None when the file turned out shorter or longer
+    (an editor writing it in place meanwhile)."""
+    buffer = mmap.mmap(-1, size)
+    done = 0
+    with memoryview(buffer) as view:
+        while done < size and (step := f.readinto(view[done : done + READ_STEP])):
+            done += step
+    return buffer if done == size and not f.read(1) else None
+
+
 class StateFile:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -158,34 +170,20 @@ class StateFile:
         text = self._read_text()
         return None if text is None else parse(text, self.path)
 
-    def _read_bytes(self) -> bytes | None:
-        try:
-            return self.path.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as e:
-            raise StateFileError(f"{self.path}: cannot read: {e.strerror}") from None
-
-    def _read_buffer(self) -> bytes | mmap.mmap | None:
-        """The file's bytes, as sync() reads them: a large file in READ_STEP reads into
-        anonymous memory (no copy of the whole afterwards: that would hold the GIL)."""
+    def _read_bytes(self) -> bytes | mmap.mmap | None:
+        """The file's bytes; a large one in READ_STEP reads into anonymous memory (no copy of
+        the whole afterwards: that would hold the GIL). Slices of either are bytes."""
         try:
             with open(self.path, "rb", buffering=0) as f:
                 size = os.fstat(f.fileno()).st_size
-                if size <= READ_STEP:
-                    return f.read()
-                buffer = mmap.mmap(-1, size)
-                done = 0
-                with memoryview(buffer) as view:
-                    while done < size and (step := f.readinto(view[done : done + READ_STEP])):
-                        done += step
-                if done == size and not f.read(1):
+                if size > READ_STEP and (buffer := _read_in_steps(f, size)) is not None:
                     return buffer
+                f.seek(0)  # small, or written in place while being read: read it whole
+                return f.read()
         except FileNotFoundError:
             return None
         except OSError as e:
             raise StateFileError(f"{self.path}: cannot read: {e.strerror}") from None
-        return self._read_bytes()  # written in place while being read: read it whole again
 
     def _read_text(self) -> str | None:
         raw = self._read_bytes()
@@ -357,7 +355,7 @@ class StateFile:
             if self._known is not None and current == self._known[0]:
                 theirs = self._known[1]
             else:
-                raw = self._read_buffer()
+                raw = self._read_bytes()
                 if raw is not None and _BLANK.fullmatch(raw) and self._known is not None:
                     # Truncated by an editor that is about to write, or by mistake: taking it
                     # in would erase every account and credential this process holds.
