@@ -148,12 +148,17 @@ class Pool:
     def unsaved_conversations(self, value: dict[str, None] | None) -> None:
         self.affinity.touched = value
 
-    def _select(self, strategy: Strategy, now: float, exclude: Collection[str]) -> Account | None:
-        """selection.choose over the pool, from the index: O(log n) instead of O(n)."""
+    def index(self, now: float) -> AccountIndex:
+        """The selection index, built now if the pool has none or changed its accounts (the
+        router builds it at start-up, not in the first request)."""
         fast = self._fast
         if fast is None or fast.stale(self.accounts):
             fast = self._fast = AccountIndex(self.accounts, now)
-        account = fast.choose(strategy, now, self.rng, exclude)
+        return fast
+
+    def _select(self, strategy: Strategy, now: float, exclude: Collection[str]) -> Account | None:
+        """selection.choose over the pool, from the index: O(log n) instead of O(n)."""
+        account = self.index(now).choose(strategy, now, self.rng, exclude)
         if account is FALLBACK:
             return selection.choose(strategy, self.accounts, now, self.rng, exclude)
         return account  # type: ignore[no-any-return]

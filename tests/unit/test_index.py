@@ -318,3 +318,15 @@ def test_adopting_a_merged_state_keeps_the_index(make_account: AccountFactory, n
     pool.adopt(State(accounts=[pool.accounts[1].model_copy()]))  # "a" was removed
     assert pool._select(FILL, now, ()).name == "b"  # type: ignore[union-attr]
     agree(pool, now)
+
+
+def test_the_index_built_ahead_is_the_one_the_first_decision_uses(
+    make_account: AccountFactory, now: float
+) -> None:
+    pool = Pool(State(accounts=[make_account("a", primary=50), make_account("b", primary=5)]))
+    built = pool.index(now)  # the router builds it at start-up
+    assert pool._select(FILL, now, ()).name == "a"  # type: ignore[union-attr]
+    assert pool._fast is built
+    assert pool.index(now) is built
+    pool.adopt(State(accounts=[make_account("c", primary=5)]))  # other accounts: re-indexed
+    assert pool.index(now) is not built
