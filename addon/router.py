@@ -23,7 +23,7 @@ if _ROOT not in sys.path:
 from mitmproxy import command, connection, ctx, exceptions, http  # noqa: E402
 from mitmproxy.addons.clientplayback import ReplayHandler  # noqa: E402
 
-from addon import answers, placeholder, routing, usage  # noqa: E402
+from addon import answers, heap, placeholder, routing, usage  # noqa: E402
 from addon.affinity import client_key, conversation_key, header_conversation_key  # noqa: E402
 from addon.dashboard import Dashboard  # noqa: E402
 from addon.pool import Choice, Pool, PoolError  # noqa: E402
@@ -230,13 +230,15 @@ class Router:
         if self.saver is not None:
             self.saver.flush()  # the old file keeps what was learnt so far
         self.file, self.pool = file, Pool(state)
-        self.saver = Saver(self.pool, file)
+        self.saver = Saver(self.pool, file, after_first_save=heap.settle)
         if self._task is not None:
             self._restart_saver()
 
     def running(self) -> None:
         if self.file is None:
             return  # start-up failed and was reported; mitmproxy is exiting
+        self.pool.index(time.time())
+        heap.settle(collect=True)  # nothing is in flight yet: start-up's objects stay
         self._restart_saver()
         if self.file.is_loose():
             logger.warning(
@@ -272,6 +274,7 @@ class Router:
             self._task = None
         if self.saver is not None:
             self.saver.flush()
+        heap.release()
 
     # -- requests --------------------------------------------------------------------------
     def _is_routed(self, flow: http.HTTPFlow) -> bool:

@@ -25,7 +25,7 @@ import logging
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 from addon.merge import Outside
@@ -73,10 +73,19 @@ def switching(interval: float = SWITCH_INTERVAL) -> Iterator[None]:
 
 
 class Saver:
-    def __init__(self, pool: Pool, file: StateFile, interval: float = 0.5) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        file: StateFile,
+        interval: float = 0.5,
+        after_first_save: Callable[[], None] | None = None,
+    ) -> None:
         self.pool = pool
         self.file = file
         self.interval = interval
+        # Called once, on the event loop, when a save first succeeds: what that save built
+        # (the file's copy of every account, the save cache) lives as long as the pool.
+        self.after_first_save = after_first_save
         self.saved_changes = pool.version
         self.error: str | None = None  # shown by `status` while saving fails
         self.error_since: float | None = None
@@ -134,6 +143,9 @@ class Saver:
             self._saved(changes)
             if outside is not None:
                 self.pool.adopt(merged, outside)
+            if self.after_first_save is not None:
+                settle, self.after_first_save = self.after_first_save, None
+                settle()
             return True
 
     def flush(self) -> bool:

@@ -4,6 +4,7 @@ auth rewrite and where it may happen, masking, local answers, WebSocket frames, 
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import json
 import logging
@@ -324,6 +325,30 @@ def test_live_option_changes_are_validated(router: Fixture) -> None:
         addon.done()
 
     run(live())
+
+
+def test_the_pool_is_left_out_of_garbage_collections_while_running(router: Fixture) -> None:
+    addon, _ = router
+
+    def scanned(obj: object) -> bool:
+        return any(o is obj for o in gc.get_objects())
+
+    async def live() -> object:
+        account = addon.pool.accounts[0]
+        assert scanned(account)
+        addon.running()
+        try:
+            assert not scanned(account)
+            await addon.request(codex_flow())
+            assert addon.saver is not None
+            before = gc.get_freeze_count()
+            assert await addon.saver.save()  # what the first save built lasts too
+            assert gc.get_freeze_count() > before
+        finally:
+            addon.done()
+        return account
+
+    assert scanned(run(live()))  # unloaded: collected as usual again
 
 
 def test_an_invalid_state_file_is_refused_live_and_the_old_state_kept(

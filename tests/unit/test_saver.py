@@ -62,6 +62,30 @@ def test_a_change_made_behind_the_pool_is_saved_by_the_next_full_check(
     assert on_disk(state_path)["a"].primary == seen  # type: ignore[attr-defined]
 
 
+def test_the_first_successful_save_is_announced_once(
+    state_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    StateFile(state_path).edit(lambda s: s.accounts.append(build_account("a")))
+    file = StateFile(state_path)
+    pool = Pool(file.load())
+    calls: list[bool] = []
+    saver = Saver(pool, file, after_first_save=lambda: calls.append(file.read() is not None))
+
+    def fail(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(file, "sync", fail)
+    pool.record_route(pool.get("a"), 1_800_000_000)
+    assert asyncio.run(saver.save()) is False
+    assert calls == []  # nothing was built that lasts
+    monkeypatch.undo()
+    assert asyncio.run(saver.save())
+    assert calls == [True]  # after the save, on the caller's thread
+    pool.record_route(pool.get("a"), 1_800_000_001)
+    assert asyncio.run(saver.save())
+    assert calls == [True]
+
+
 def test_a_failed_save_keeps_the_counts_and_checks_everything_next(
     state_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
