@@ -7,6 +7,10 @@ rewrite, affinity), `responseheaders` (usage from headers, SSE tap), the tap fed
 with a `codex.rate_limits` event, `response`. Each request belongs to one of N conversations.
 RSS is read after a gc at each checkpoint. End to end through mitmdump this would take about
 10 minutes at ~250 requests/s on a 2-core machine; in-process it takes about one.
+
+It also times the interpreter's full garbage collections during the run (each stops the event
+loop for as long as it takes to walk every object it tracks), as shipped and, with `settle=0`,
+with addon/heap.py's settling turned off.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import asyncio
 import gc
 import json
 import logging
+import statistics
 import sys
 import tempfile
 import time
@@ -49,21 +54,53 @@ def sse(primary: float) -> bytes:
     )
 
 
-async def drive(requests: int, conversations: int, accounts: int) -> dict[str, Any]:
+class FullCollections:
+    """Times the collections of the oldest generation the interpreter starts by itself."""
+
+    def __init__(self) -> None:
+        self.durations: list[float] = []
+        self.paused = True
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if self.paused or info["generation"] != 2:
+            return
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.durations.append(time.perf_counter() - self._started)
+
+    def collect(self) -> None:
+        """The bench's own full collection (before reading RSS): not counted."""
+        self.paused, was = True, self.paused
+        gc.collect()
+        self.paused = was
+
+
+async def drive(
+    requests: int, conversations: int, accounts: int, settle: bool = True
+) -> dict[str, Any]:
     from mitmproxy import http
     from mitmproxy.test import taddons, tflow
 
+    from addon import heap
     from addon.router import Router
     from bench.procs import make_accounts, write_state
+
+    if not settle:  # before the Router exists: its saver takes heap.settle when created
+        heap.settle = lambda collect=False: None  # type: ignore[assignment]
 
     logging.getLogger("addon").setLevel(logging.WARNING)  # a log line per request: not memory
     tmp = Path(tempfile.mkdtemp(prefix="qr-bench-memory-"))
     state = write_state(tmp / "router-state.toml", make_accounts(accounts))
     router = Router()
     points = []
+    collections = FullCollections()
+    gc.callbacks.append(collections)
     with taddons.context(router) as tctx:
         tctx.configure(router, router_state=str(state), confdir=str(tmp / "conf"))
         router.running()  # starts the saver task, as in mitmdump
+        collections.paused = False
         checkpoints = {requests // 2, requests}
         started = time.perf_counter()
         body = b'{"model":"gpt-5-codex","input":[],"stream":true}'
@@ -100,7 +137,7 @@ async def drive(requests: int, conversations: int, accounts: int) -> dict[str, A
                 await asyncio.sleep(0)  # let the saver run now and then
             if i in checkpoints:
                 await asyncio.sleep(0.6)  # a save in between
-                gc.collect()
+                collections.collect()
                 points.append(
                     {
                         "requests": i,
@@ -111,19 +148,31 @@ async def drive(requests: int, conversations: int, accounts: int) -> dict[str, A
                         "seconds": time.perf_counter() - started,
                     }
                 )
+        collections.paused = True
+        scanned, frozen = len(gc.get_objects()), gc.get_freeze_count()
         router.done()
     growth = (points[-1]["rss_mib"] / points[0]["rss_mib"] - 1) * 100
+    durations = collections.durations
     return {
         "requests": requests,
         "conversations": conversations,
         "accounts": accounts,
         "points": points,
         "growth_pct": growth,
+        "settled": settle,
+        "full_collections": len(durations),
+        "longest_full_ms": max(durations) * 1000 if durations else 0.0,
+        "median_full_ms": statistics.median(durations) * 1000 if durations else 0.0,
+        "full_ms": [round(d * 1000, 2) for d in durations],
+        "scanned_objects": scanned,
+        "frozen_objects": frozen,
     }
 
 
-def main(requests: int = 100_000, conversations: int = 10_000, accounts: int = 10_000) -> None:
-    result = asyncio.run(drive(requests, conversations, accounts))
+def main(
+    requests: int = 100_000, conversations: int = 10_000, accounts: int = 10_000, settle: int = 1
+) -> None:
+    result = asyncio.run(drive(requests, conversations, accounts, bool(settle)))
     print(json.dumps(result), flush=True)
 
 

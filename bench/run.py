@@ -9,7 +9,8 @@ Sections (all by default; `--only NAME ...` picks some):
   selection   microseconds per routing decision (Pool.choose) vs pool size, both strategies.
   state       save / load time vs pool size, and the event loop's longest stall while saving.
   memory      the router's RSS after 50,000 and 100,000 routed requests over 10,000
-              conversations (in-process: Router driven with mitmproxy.test.tflow).
+              conversations (in-process: Router driven with mitmproxy.test.tflow), and the
+              full garbage collections meanwhile, with and without addon/heap.py.
   instructions  instructions per request of bare, stream and the router, counted by callgrind
               (valgrind): the same figure on a busy machine as on an idle one.
 
@@ -355,16 +356,22 @@ async def _saves(
 
 
 def memory_bench(settings: Settings) -> dict[str, Any]:
-    """In-process: mitmdump would take ~10 minutes for 100,000 requests on a 2-core machine."""
-    args = f"{settings.memory_requests}, {settings.memory_conversations}"
-    code = f"import bench.memory as m; m.main({args})"
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=1800
-    )
-    if out.returncode != 0:
-        raise RuntimeError(out.stderr[-3000:])
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    log(f"memory: {json.dumps(result)}")
+    """In-process: mitmdump would take ~10 minutes for 100,000 requests on a 2-core machine.
+    Run twice, each in a fresh interpreter: as shipped, then with addon/heap.py's settling off
+    (the figures of the garbage collections it is there for)."""
+    runs = []
+    for settle in (1, 0):
+        args = f"{settings.memory_requests}, {settings.memory_conversations}, 10_000, {settle}"
+        code = f"import bench.memory as m; m.main({args})"
+        out = subprocess.run(
+            [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=1800
+        )
+        if out.returncode != 0:
+            raise RuntimeError(out.stderr[-3000:])
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        log(f"memory: {json.dumps(runs[-1])}")
+    result: dict[str, Any] = runs[0]
+    result["unsettled"] = runs[1]
     return result
 
 
@@ -392,20 +399,41 @@ def report(settings: Settings, results: dict[str, Any]) -> str:
         lines += _state_table(results["state"])
     lines += _goals(results)
     if "memory" in results:
-        m = results["memory"]
-        lines += [
-            "### Memory (in-process router, 10,000 accounts)",
-            "",
-            "| routed requests | conversations | RSS MiB | affinity entries |",
-            "|---:|---:|---:|---:|",
-        ]
-        for point in m["points"]:
-            lines.append(
-                f"| {point['requests']:,} | {m['conversations']:,} | {point['rss_mib']:.1f} | "
-                f"{point['affinity']:,} |"
-            )
-        lines += ["", f"Growth from the first to the last point: {m['growth_pct']:+.1f} %.", ""]
+        lines += _memory_table(results["memory"])
     return "\n".join(lines)
+
+
+def _memory_table(m: dict[str, Any]) -> list[str]:
+    lines = [
+        "### Memory (in-process router, 10,000 accounts)",
+        "",
+        "| routed requests | conversations | RSS MiB | affinity entries |",
+        "|---:|---:|---:|---:|",
+    ]
+    for point in m["points"]:
+        lines.append(
+            f"| {point['requests']:,} | {m['conversations']:,} | {point['rss_mib']:.1f} | "
+            f"{point['affinity']:,} |"
+        )
+    lines += ["", f"Growth from the first to the last point: {m['growth_pct']:+.1f} %.", ""]
+    if "unsettled" not in m:
+        return lines  # a run from before the garbage-collection figures
+    lines += [
+        "Full garbage collections the interpreter made during those requests (each stops the "
+        "event loop while it walks every object it tracks), as shipped and with "
+        "`addon/heap.py`'s settling turned off:",
+        "",
+        "| router | full collections | median ms | longest ms | objects a collection walks "
+        "| objects settled |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, run in (("as shipped", m), ("without settling", m["unsettled"])):
+        lines.append(
+            f"| {name} | {run['full_collections']} | {run['median_full_ms']:.1f} | "
+            f"{run['longest_full_ms']:.1f} | {run['scanned_objects']:,} | "
+            f"{run['frozen_objects']:,} |"
+        )
+    return [*lines, ""]
 
 
 def _goals(results: dict[str, Any]) -> list[str]:
