@@ -237,14 +237,19 @@ class Router:
     def running(self) -> None:
         if self.file is None:
             return  # start-up failed and was reported; mitmproxy is exiting
-        self.pool.index(time.time())
-        heap.settle(collect=True)  # nothing is in flight yet: start-up's objects stay
-        self._restart_saver()
         if self.file.is_loose():
             logger.warning(
                 "quota-router: %s can be read by other users; it holds credentials (chmod 600 it)",
                 self.file.path,
             )
+        # Before any traffic: the selection index and the first save are built now (none for
+        # an empty pool: a proxy with no accounts creates no file), and everything start-up
+        # built is settled out of the garbage collector's way.
+        self.pool.index(time.time())
+        if self.saver is not None and self.pool.accounts:
+            self.saver.prime()
+        heap.settle(collect=True)
+        self._restart_saver()
         if self.pool.accounts:
             logger.info(
                 "quota-router ready: %d account(s), strategy %s, state %s",

@@ -63,7 +63,7 @@ def test_a_change_made_behind_the_pool_is_saved_by_the_next_full_check(
 
 
 def test_the_first_successful_save_is_announced_once(
-    state_path: Path, monkeypatch: pytest.MonkeyPatch
+    state_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     StateFile(state_path).edit(lambda s: s.accounts.append(build_account("a")))
     file = StateFile(state_path)
@@ -75,8 +75,17 @@ def test_the_first_successful_save_is_announced_once(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(file, "sync", fail)
+    assert saver.prime() is False  # start-up's save failed: routing goes on
+    # Only a warning then (an error logged during start-up makes mitmproxy exit); the next
+    # save that fails says it as an error.
+    [warning] = [r for r in caplog.records if "No space left" in r.getMessage()]
+    assert warning.levelname == "WARNING" and "at start-up" in warning.getMessage()
     pool.record_route(pool.get("a"), 1_800_000_000)
     assert asyncio.run(saver.save()) is False
+    assert [r.levelname for r in caplog.records if "No space left" in r.getMessage()] == [
+        "WARNING",
+        "ERROR",
+    ]
     assert calls == []  # nothing was built that lasts
     monkeypatch.undo()
     assert asyncio.run(saver.save())
@@ -84,6 +93,22 @@ def test_the_first_successful_save_is_announced_once(
     pool.record_route(pool.get("a"), 1_800_000_001)
     assert asyncio.run(saver.save())
     assert calls == [True]
+
+
+def test_priming_is_the_first_save(state_path: Path) -> None:
+    StateFile(state_path).edit(lambda s: s.accounts.append(build_account("a")))
+    state_path.write_text(state_path.read_text() + "# hand-made\n")
+    file = StateFile(state_path)
+    pool = Pool(file.load())
+    calls: list[None] = []
+    saver = Saver(pool, file, after_first_save=lambda: calls.append(None))
+    StateFile(state_path).edit(lambda s: s.accounts.append(build_account("b")))  # the CLI
+    assert saver.prime()
+    assert "# hand-made" not in state_path.read_text()
+    assert [a.name for a in pool.accounts] == ["a", "b"]  # taken in as by any save
+    pool.record_route(pool.get("a"), 1_800_000_000)
+    assert asyncio.run(saver.save())
+    assert calls == []  # the caller of prime settles, not the saver
 
 
 def test_a_failed_save_keeps_the_counts_and_checks_everything_next(
