@@ -72,7 +72,7 @@ class FullCollections:
 
     def collect(self) -> None:
         """The bench's own full collection (before reading RSS): not counted."""
-        self.paused, was = True, self.paused
+        was, self.paused = self.paused, True
         gc.collect()
         self.paused = was
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,11 @@ class AccountFactory(Protocol):
         max_secondary_percent: float = ...,
         requests: int = ...,
     ) -> Account: ...
+
+
+def scanned(obj: object) -> bool:
+    """Whether the garbage collector's collections still look at `obj` (not settled)."""
+    return any(o is obj for o in gc.get_objects())
 
 
 def build_account(

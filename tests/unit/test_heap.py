@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from addon import heap
+from tests.unit.conftest import scanned
 
 
 class Node:
@@ -26,10 +27,6 @@ def no_automatic_collections() -> Iterator[None]:
         heap.release()
         if was:
             gc.enable()
-
-
-def scanned(obj: object) -> bool:
-    return any(o is obj for o in gc.get_objects())
 
 
 def test_settled_objects_are_not_scanned_until_released(no_automatic_collections: None) -> None:

@@ -4,7 +4,6 @@ auth rewrite and where it may happen, masking, local answers, WebSocket frames, 
 from __future__ import annotations
 
 import asyncio
-import gc
 import io
 import json
 import logging
@@ -25,6 +24,7 @@ from addon.state import Account, Credentials, State, Window
 from addon.statefile import StateFile
 from addon.streamnotice import LOGGER
 from tests.fakes.jwt import make_access_token
+from tests.unit.conftest import scanned
 
 TOKENS = {name: make_access_token(f"acct-{name}", exp=int(time.time()) + 86400) for name in "ab"}
 CLIENT = placeholder.auth_json()["tokens"]
@@ -332,9 +332,6 @@ def test_start_up_saves_and_settles_before_any_traffic(router: Fixture, tmp_path
     path = tmp_path / "state.toml"
     path.write_text(path.read_text() + "# a hand-made comment\n")
     assert addon.file is not None
-
-    def scanned(obj: object) -> bool:
-        return any(o is obj for o in gc.get_objects())
 
     async def live() -> object:
         account = addon.pool.accounts[0]
