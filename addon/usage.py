@@ -72,6 +72,8 @@ def seconds_ahead(value: Any, now: float) -> int | None:
 def _number(value: Any) -> float | None:
     if type(value) is float:  # the common case (a JSON number): checked cheaply
         return value if math.isfinite(value) else None
+    if value is None:  # an absent header or field (float(None) would raise: ~1 us)
+        return None
     if isinstance(value, bool):
         return None
     if isinstance(value, bytes):
