@@ -110,7 +110,7 @@ def instructions_bench(settings: Any, log: Any) -> dict[str, Any]:
     upstream = Upstream().start()
     tmp = Path(tempfile.mkdtemp(prefix="qr-bench-callgrind-"))
     try:
-        proxies = configs(upstream.port, sizes, tmp, hooks=False)
+        proxies = configs(upstream.port, sizes, tmp, hooks=False, shim=True)
         # Counts do not depend on what else runs: use both cores.
         with ThreadPoolExecutor(max_workers=2) as pool:
             runs = pool.map(lambda proxy: (proxy.name, measure(proxy, requests, log)), proxies)
@@ -130,7 +130,9 @@ def table(data: dict[str, Any], order: Any) -> list[str]:
         f"{data['requests']} requests over {CONNS} connections through each mitmdump under "
         "callgrind, after a warm-up. Not counted: the kernel's share and cache misses. Other "
         "threads: the router's saver, a lump per save (paced to 1 % of the process's time), "
-        "divided by the same requests.",
+        "divided by the same requests. `shim`: bare mitmdump with only the bench's shim "
+        "(bench/shims/chatgpt.py), which `stream` and the routers load too: the part of their "
+        "count that is the bench's own.",
         "",
         "| config | M instructions per request, event loop | vs stream | vs bare "
         "| M in other threads |",

@@ -177,6 +177,12 @@ class Proxy:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+def shim_proxy(name: str, upstream: int) -> Proxy:
+    """Bare mitmdump with the bench's shim alone: what the shim costs the configurations that
+    need it (stream, hooks, the routers), measured apart so it is not taken for theirs."""
+    return Proxy(name, upstream, scripts=[SHIMS / "chatgpt.py"])
+
+
 def stream_proxy(name: str, upstream: int) -> Proxy:
     """The fair baseline: mitmdump streaming SSE (as the router does), with the same shim."""
     return Proxy(name, upstream, scripts=[SHIMS / "stream.py", SHIMS / "chatgpt.py"])
@@ -203,10 +209,15 @@ def router_proxy(name: str, upstream: int, state: Path, strategy: str = "fill_fi
     return proxy
 
 
-def configs(upstream: int, sizes: tuple[int, ...], tmp: Path, hooks: bool = True) -> list[Proxy]:
-    """The end-to-end configurations, not started: bare, stream (and hooks), a router per size
-    (its state file written in `tmp`)."""
-    proxies = [Proxy("bare", upstream), stream_proxy("stream", upstream)]
+def configs(
+    upstream: int, sizes: tuple[int, ...], tmp: Path, hooks: bool = True, shim: bool = False
+) -> list[Proxy]:
+    """The end-to-end configurations, not started: bare (and shim), stream (and hooks), a
+    router per size (its state file written in `tmp`)."""
+    proxies = [Proxy("bare", upstream)]
+    if shim:
+        proxies.append(shim_proxy("shim", upstream))
+    proxies.append(stream_proxy("stream", upstream))
     if hooks:
         proxies.append(hooks_proxy("hooks", upstream))
     accounts = make_accounts(max(sizes))
@@ -255,4 +266,5 @@ __all__ = [
     "make_accounts",
     "routed",
     "router_proxy",
+    "shim_proxy",
 ]

@@ -562,6 +562,8 @@ def _cpu(runs: list[dict[str, Any]]) -> str:
 def _order(name: str) -> tuple[int, int]:
     if name == "bare":
         return (0, 0)
+    if name == "shim":
+        return (0, 1)
     if name == "stream":
         return (1, 0)
     if name == "hooks":
