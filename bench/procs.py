@@ -209,11 +209,20 @@ def router_proxy(name: str, upstream: int, state: Path, strategy: str = "fill_fi
     return proxy
 
 
+TWIN = "stream-twin"  # a second `stream`, measured last: the run's own noise
+
+
 def configs(
-    upstream: int, sizes: tuple[int, ...], tmp: Path, hooks: bool = True, shim: bool = False
+    upstream: int,
+    sizes: tuple[int, ...],
+    tmp: Path,
+    hooks: bool = True,
+    shim: bool = False,
+    twin: bool = False,
 ) -> list[Proxy]:
     """The end-to-end configurations, not started: bare (and shim), stream (and hooks), a
-    router per size (its state file written in `tmp`)."""
+    router per size (its state file written in `tmp`), and with `twin` a copy of `stream`
+    last, as far from it in each round as any configuration is."""
     proxies = [Proxy("bare", upstream)]
     if shim:
         proxies.append(shim_proxy("shim", upstream))
@@ -224,6 +233,8 @@ def configs(
     for size in sizes:
         state = write_state(tmp / f"state-{size}.toml", accounts[:size])
         proxies.append(router_proxy(f"addon-{size}", upstream, state))
+    if twin:
+        proxies.append(stream_proxy(TWIN, upstream))
     return proxies
 
 
@@ -257,6 +268,7 @@ def _stop(proc: subprocess.Popen[Any] | None) -> None:
 
 
 __all__ = [
+    "TWIN",
     "Proxy",
     "State",
     "Upstream",
