@@ -146,10 +146,12 @@ def throughput(settings: Settings, configs: list[Any]) -> dict[str, Any]:
 def streaming(settings: Settings, configs: list[Any]) -> dict[str, Any]:
     from bench.procs import loadgen
 
-    wanted = [p for p in configs if p.name in ("bare", "stream") or p.name.startswith("addon-")]
+    wanted = [
+        p for p in configs if p.name in ("bare", "stream", TWIN) or p.name.startswith("addon-")
+    ]
     results: dict[str, list[dict[str, Any]]] = {}
     for round_ in range(max(2, settings.rounds - 2)):
-        for proxy in wanted:
+        for proxy in wanted if round_ % 2 == 0 else reversed(wanted):
             result = loadgen("stream", proxy.port, requests=settings.stream_requests, gap=0.3)
             results.setdefault(proxy.name, []).append(result)
             log(
@@ -447,15 +449,15 @@ def _goals(results: dict[str, Any]) -> list[str]:
             stream = median([r["rps"] for r in runs[f"stream@{conns}"]])
             twin = runs.get(f"{TWIN}@{conns}")  # absent from runs made before it
             same = median([r["rps"] for r in twin]) / stream if twin else 1.0
-            drift = abs(same - 1)
             noise = f"; `{TWIN}` {same:.3f} x stream" if twin else ""
             for size, floor in (("1000", 0.95), ("10000", 0.90)):
                 rps = median([r["rps"] for r in runs.get(f"addon-{size}@{conns}", [])] or [0])
+                drift = abs(same - 1) * floor  # the twin's relative error, at the goal's scale
                 rows.append(
                     (
                         f"throughput, {int(size):,} accounts, {conns} conn: >= {floor} x bare",
                         f"{rps / bare:.3f} x bare ({rps / stream:.3f} x stream{noise})",
-                        _met_beyond_noise(rps / bare, floor, drift),
+                        _judge(floor - rps / bare, drift, f"{abs(same - 1):.0%}"),
                     )
                 )
     if "selection" in results:
@@ -475,26 +477,31 @@ def _goals(results: dict[str, Any]) -> list[str]:
     if "streaming" in results:
         data = results["streaming"]
         base = median(_all_of(data, "stream", "ttfb_ms"))
+        twin = median(_all_of(data, TWIN, "ttfb_ms")) - base if TWIN in data else 0.0
+        noise = f"; `{TWIN}` {twin:+.2f} ms" if TWIN in data else ""
         for name in sorted((n for n in data if n.startswith("addon-")), key=_order):
             ttfb = median(_all_of(data, name, "ttfb_ms"))
             delay = median([run["event_delay_median_ms"] for run in data[name]])
             rows.append(
                 (
                     f"time to first byte, {name}: <= +1 ms over streaming mitmdump",
-                    f"{ttfb - base:+.2f} ms; events arrive {delay:.2f} ms after they are sent",
-                    ttfb - base <= 1.0,
+                    f"{ttfb - base:+.2f} ms; events arrive {delay:.2f} ms after they are "
+                    f"sent{noise}",
+                    _judge(ttfb - base - 1.0, abs(twin), f"{abs(twin):.2f} ms"),
                 )
             )
     if "state" in results and "10000" in results["state"]:
         row = results["state"]["10000"]
         worst = max(row["max_stall_ms"], row["full_check_stall_ms"])
+        idle = row["idle_stall_ms"]
         rows.append(
             (
                 "event-loop stall from saving, 10,000 accounts: <= 5 ms",
-                f"{worst:.2f} ms (idle noise {row['idle_stall_ms']:.2f} ms, busy-thread floor "
+                f"{worst:.2f} ms (idle noise {idle:.2f} ms, busy-thread floor "
                 f"{row['busy_stall_ms']:.2f} ms; after another writer's change "
                 f"{row['external_stall_ms']:.2f} ms)",
-                worst <= 5.0,
+                # The machine only ever adds lateness: a stall under the goal is met as it is.
+                True if worst <= 5.0 else _judge(worst - 5.0, idle, f"{idle:.2f} ms"),
             )
         )
     if "memory" in results:
@@ -515,18 +522,15 @@ def _goals(results: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
-# An identical twin further from 1 than this: the run cannot show a throughput goal met.
-NOISE_LIMIT = 0.03
-
-
-def _met_beyond_noise(ratio: float, floor: float, drift: float) -> bool | str:
-    """Met only when the run's own noise (the twin's distance from 1) could not have made it
-    so; a figure under the floor is reported as not met, noisy or not."""
-    if ratio < floor:
+def _judge(over: float, noise: float, shown: str) -> bool | str:
+    """A goal's verdict from how far the figure is over its limit (negative: under it) and
+    how far this run's machine alone moved such a figure (an identical twin's distance from
+    its baseline, or an idle loop's lateness): met or missed only by more than that."""
+    if over <= -noise:
+        return True
+    if over > noise:
         return False
-    if drift > NOISE_LIMIT:
-        return f"not shown: the identical twin moved {drift:.0%}"
-    return True
+    return f"not shown: within this run's noise ({shown})"
 
 
 def _verdict(ok: bool | str) -> str:

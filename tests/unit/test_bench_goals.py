@@ -27,22 +27,57 @@ def verdicts(rps: dict[str, float]) -> dict[str, str]:
 
 GOAL_1000 = "throughput, 1,000 accounts, 1 conn: >= 0.95 x bare"
 GOAL_10000 = "throughput, 10,000 accounts, 1 conn: >= 0.9 x bare"
-CONFIGS = {"bare": 100.0, "stream": 100.0, "addon-1000": 96.0, "addon-10000": 80.0}
+CONFIGS = {"bare": 100.0, "stream": 100.0, "addon-1000": 97.0, "addon-10000": 80.0}
 
 
-def test_a_goal_is_met_when_the_twin_stays_within_the_noise_limit() -> None:
-    found = verdicts({**CONFIGS, TWIN: 102.0})
+def test_a_goal_is_met_or_missed_by_more_than_the_twins_drift() -> None:
+    found = verdicts({**CONFIGS, TWIN: 102.0})  # 0.97 >= 0.95 + 2 % of it; 0.80 < 0.90 - 2 %
     assert found == {GOAL_1000: "yes", GOAL_10000: "**no**"}
 
 
-def test_a_noisy_run_cannot_show_a_goal_met() -> None:
+def test_a_noisy_run_shows_neither_when_the_figure_is_within_the_drift() -> None:
     found = verdicts({**CONFIGS, TWIN: 90.0})
-    assert found[GOAL_1000] == "not shown: the identical twin moved 10%"
-    assert found[GOAL_10000] == "**no**"  # under the floor is reported, noisy or not
+    assert found[GOAL_1000] == "not shown: within this run's noise (10%)"
+    assert found[GOAL_10000] == "**no**"  # 0.80 is under 0.90 by more than the noise
 
 
 def test_a_run_without_a_twin_is_judged_on_its_figures() -> None:
     assert verdicts(CONFIGS) == {GOAL_1000: "yes", GOAL_10000: "**no**"}
+
+
+def first_byte(addon: float, twin: float | None) -> str:
+    data = {"stream": [{"ttfb_ms": [3.0, 3.0]}], "addon-10": [{"ttfb_ms": [addon, addon]}]}
+    for run in data.values():
+        run[0]["event_delay_median_ms"] = 1.0
+    if twin is not None:
+        data[TWIN] = [{"ttfb_ms": [twin, twin]}]
+    (line,) = [x for x in _goals({"streaming": data}) if "first byte" in x]
+    return line.split(" | ")[2].rstrip(" |")
+
+
+def test_the_first_byte_goal_allows_for_the_twins_distance_from_stream() -> None:
+    assert first_byte(3.5, twin=3.2) == "yes"  # +0.5 ms <= 1 ms - 0.2 ms
+    assert first_byte(4.1, twin=3.2) == "not shown: within this run's noise (0.20 ms)"
+    assert first_byte(4.3, twin=3.2) == "**no**"
+    assert first_byte(4.1, twin=None) == "**no**"
+
+
+def save_stall(stall: float, idle: float) -> str:
+    row = {
+        "max_stall_ms": stall,
+        "full_check_stall_ms": 0.5,
+        "idle_stall_ms": idle,
+        "busy_stall_ms": 1.0,
+        "external_stall_ms": 1.0,
+    }
+    (line,) = [x for x in _goals({"state": {"10000": row}}) if "stall" in x]
+    return line.split(" | ")[2].rstrip(" |")
+
+
+def test_a_save_stall_under_the_goal_is_met_however_noisy_the_machine() -> None:
+    assert save_stall(4.9, idle=3.0) == "yes"  # the machine only adds lateness
+    assert save_stall(5.9, idle=1.0) == "not shown: within this run's noise (1.00 ms)"
+    assert save_stall(6.5, idle=1.0) == "**no**"
 
 
 def test_the_twin_is_explained_only_when_it_was_measured() -> None:
