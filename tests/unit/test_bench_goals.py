@@ -19,9 +19,14 @@ def runs(rps: dict[str, float]) -> dict[str, Any]:
     }
 
 
-def verdicts(rps: dict[str, float]) -> dict[str, str]:
-    """goal -> the 'met' column, for the throughput goals."""
-    rows = [line.split(" | ") for line in _goals({"throughput": runs(rps)}) if "throughput" in line]
+def verdicts(rps: dict[str, float], counts: dict[str, float] | None = None) -> dict[str, str]:
+    """goal -> the 'met' column, for the throughput goals (counts: M instructions/request)."""
+    results: dict[str, Any] = {"throughput": runs(rps)}
+    if counts:
+        results["instructions"] = {
+            "configs": {k: {"instructions_per_request": v * 1e6} for k, v in counts.items()}
+        }
+    rows = [line.split(" | ") for line in _goals(results) if "throughput" in line]
     return {row[0].lstrip("| "): row[2].rstrip(" |") for row in rows}
 
 
@@ -43,6 +48,18 @@ def test_a_noisy_run_shows_neither_when_the_figure_is_within_the_drift() -> None
 
 def test_a_run_without_a_twin_is_judged_on_its_figures() -> None:
     assert verdicts(CONFIGS) == {GOAL_1000: "yes", GOAL_10000: "**no**"}
+
+
+def test_a_goal_met_in_wall_clock_needs_bare_to_beat_stream() -> None:
+    found = verdicts({**CONFIGS, "bare": 99.0, TWIN: 100.0})  # bare does less than stream
+    assert found[GOAL_1000] == "not shown: `bare` measured slower than `stream`, which does more"
+
+
+def test_a_goal_met_in_wall_clock_needs_the_instruction_counts_to_allow_it() -> None:
+    slow = verdicts({**CONFIGS, TWIN: 100.0}, {"bare": 9.0, "addon-1000": 10.0})
+    assert slow[GOAL_1000] == "not shown: its instructions allow 0.900 x bare"
+    fast = verdicts({**CONFIGS, TWIN: 100.0}, {"bare": 9.0, "addon-1000": 9.3})
+    assert fast[GOAL_1000] == "yes"
 
 
 def first_byte(addon: float, twin: float | None) -> str:
