@@ -24,7 +24,7 @@ format: $(BIN)/mitmdump
 demo: $(BIN)/mitmdump
 	$(BIN)/python -m tests.demo
 
-# Benchmarks (not part of `make test`): a full run takes ~20 minutes on 2 cores, half of it
+# Benchmarks (not part of `make test`): a full run takes ~23 minutes on 2 cores, half of it
 # under valgrind (skipped without it). `make bench BENCH_ARGS=--quick` for a ~8-minute run;
 # `python -m bench --help` for more.
 BENCH_ARGS ?=
