@@ -441,7 +441,7 @@ def _memory_table(m: dict[str, Any]) -> list[str]:
 
 def _goals(results: dict[str, Any]) -> list[str]:
     """Each goal of the benchmark issue, with the figure of this run that decides it."""
-    rows: list[tuple[str, str, bool | str]] = []  # str: why a figure that looks met is not
+    rows: list[tuple[str, str, bool | str]] = []  # a str: neither shown, and why
     if "throughput" in results:
         runs = results["throughput"]["runs"]
         for conns in sorted({int(k.split("@")[1]) for k in runs}):
