@@ -483,8 +483,8 @@ def _goals(results: dict[str, Any]) -> list[str]:
     if "streaming" in results:
         data = results["streaming"]
         base = median(_all_of(data, "stream", "ttfb_ms"))
-        twin = median(_all_of(data, TWIN, "ttfb_ms")) - base if TWIN in data else 0.0
-        noise = f"; `{TWIN}` {twin:+.2f} ms" if TWIN in data else ""
+        twin_ms = median(_all_of(data, TWIN, "ttfb_ms")) - base if TWIN in data else 0.0
+        noise = f"; `{TWIN}` {twin_ms:+.2f} ms" if TWIN in data else ""
         for name in sorted((n for n in data if n.startswith("addon-")), key=_order):
             ttfb = median(_all_of(data, name, "ttfb_ms"))
             delay = median([run["event_delay_median_ms"] for run in data[name]])
@@ -493,7 +493,7 @@ def _goals(results: dict[str, Any]) -> list[str]:
                     f"time to first byte, {name}: <= +1 ms over streaming mitmdump",
                     f"{ttfb - base:+.2f} ms; events arrive {delay:.2f} ms after they are "
                     f"sent{noise}",
-                    _judge(ttfb - base - 1.0, abs(twin), f"{abs(twin):.2f} ms"),
+                    _judge(ttfb - base - 1.0, abs(twin_ms), f"{abs(twin_ms):.2f} ms"),
                 )
             )
     if "state" in results and "10000" in results["state"]:
