@@ -58,10 +58,27 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
-class Window(_Model):
-    """One usage window as last reported by the upstream. Immutable: replaced whole."""
+# One set per distinct `model_fields_set`, shared by every immutable model that has it.
+_FIELDS_SETS: dict[frozenset[str], set[str]] = {}
+
+
+class _Frozen(_Model):
+    """An immutable model. pydantic gives every model object a set of the fields it was given;
+    a 10,000-account pool holds ~30,000 such objects (its windows, and the conversations its
+    saver keeps), and the interpreter's full collections walk each set, stopping the event
+    loop. Immutable objects given the same fields share one set: pydantic only ever changes
+    the set of an object that can be assigned to (and copies it first for `model_copy`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def model_post_init(self, context: Any, /) -> None:
+        given = self.__pydantic_fields_set__
+        shared = _FIELDS_SETS.setdefault(frozenset(given), given)
+        object.__setattr__(self, "__pydantic_fields_set__", shared)
+
+
+class Window(_Frozen):
+    """One usage window as last reported by the upstream. Immutable: replaced whole."""
 
     used_percent: Percent
     window_minutes: int | None = Field(default=None, ge=1, le=10**6)
@@ -69,39 +86,31 @@ class Window(_Model):
     observed_at: Stamp = 0.0
 
 
-class Block(_Model):
+class Block(_Frozen):
     """The upstream refused this account until `until` (a 429 or a quota error)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     until: Epoch
     reason: str = Field(max_length=200)
     observed_at: Stamp = 0.0
 
 
-class Backoff(_Model):
+class Backoff(_Frozen):
     """Upstream errors without a reset time (5xx, connection failures): wait a little."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     errors: int = Field(ge=1, le=10**6)
     until: Stamp
     observed_at: Stamp = 0.0
 
 
-class Conversation(_Model):
+class Conversation(_Frozen):
     """Which account owns a conversation (key: a hash of its id, never the id itself)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     key: str = Field(min_length=1, max_length=64)
     account_id: str = Field(min_length=1, max_length=64)
     seen_at: Stamp
 
 
-class Credentials(_Model):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class Credentials(_Frozen):
     access_token: str = Field(min_length=1)
     refresh_token: str = ""
     id_token: str = ""

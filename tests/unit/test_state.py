@@ -101,6 +101,45 @@ def test_windows_and_blocks_are_immutable() -> None:
         block.until = 6  # type: ignore[misc]
 
 
+def test_immutable_models_given_the_same_fields_share_one_fields_set() -> None:
+    # One set object per distinct fields set, not one per model object: full garbage
+    # collections walk every set, and a large pool holds tens of thousands of windows.
+    state = State.model_validate(
+        {
+            "accounts": [
+                {
+                    "name": f"a{i}",
+                    "credentials": {"access_token": "t"},
+                    "primary": {"used_percent": i, "window_minutes": 300, "observed_at": 1.0},
+                    "secondary": {"used_percent": i, "window_minutes": 10080, "observed_at": 1.0},
+                }
+                for i in range(3)
+            ],
+            "conversations": [
+                {"key": f"k{i}", "account_id": "x", "seen_at": float(i)} for i in range(3)
+            ],
+        }
+    )
+    windows = [w for a in state.accounts for w in (a.primary, a.secondary) if w is not None]
+    made = Window(used_percent=7, window_minutes=60, observed_at=2.0)
+    assert len({id(w.__pydantic_fields_set__) for w in [*windows, made]}) == 1
+    assert len({id(c.__pydantic_fields_set__) for c in state.conversations}) == 1
+    credentials = {id(a.credentials.__pydantic_fields_set__) for a in state.accounts}
+    assert len(credentials) == 1
+
+
+def test_a_shared_fields_set_keeps_what_each_model_was_given() -> None:
+    full = Window(used_percent=1, window_minutes=60, reset_at=5, observed_at=2.0)
+    bare = Window(used_percent=1)
+    assert bare.model_fields_set == {"used_percent"}
+    assert full.model_fields_set == {"used_percent", "window_minutes", "reset_at", "observed_at"}
+    copied = bare.model_copy(update={"reset_at": 9})
+    assert copied.model_fields_set == {"used_percent", "reset_at"}
+    assert bare.model_fields_set == {"used_percent"}  # the shared set did not change
+    assert Window(used_percent=3).model_fields_set == {"used_percent"}
+    assert bare.model_dump(exclude_unset=True) == {"used_percent": 1.0}
+
+
 @pytest.mark.parametrize("cap", ["max_primary_percent", "max_secondary_percent"])
 @pytest.mark.parametrize("value", [-1, 101, float("nan")])
 def test_caps_are_percents(cap: str, value: float) -> None:
