@@ -67,6 +67,28 @@ def test_a_goal_met_in_wall_clock_needs_the_instruction_counts_to_allow_it() -> 
     assert fast[GOAL_1000] == "yes"
 
 
+def test_a_goal_counted_under_its_floor_is_missed_however_noisy_the_wall_clock() -> None:
+    # Within the twin's drift on the wall clock, but the counts (which leave out the kernel,
+    # where streaming costs more still) cannot reach the floor.
+    noisy = verdicts({**CONFIGS, TWIN: 90.0}, {"bare": 9.0, "addon-1000": 10.0})
+    assert noisy[GOAL_1000] == "**no**: its instructions allow 0.900 x bare"
+    allowed = verdicts({**CONFIGS, TWIN: 90.0}, {"bare": 9.0, "addon-1000": 9.3})
+    assert allowed[GOAL_1000] == "not shown: within this run's noise (10%)"
+
+
+def test_the_noise_is_the_twins_widest_round_not_only_its_median() -> None:
+    rounds = {"bare": [100.0] * 3, "stream": [100.0] * 3, "addon-1000": [97.0] * 3}
+    rounds["addon-10000"] = [80.0] * 3
+    results: dict[str, Any] = {"throughput": runs(dict.fromkeys(rounds, 0.0))}
+    steady = results["throughput"]["runs"]
+    for name, values in {**rounds, TWIN: [100.0, 101.0, 102.0]}.items():
+        steady[f"{name}@1"] = [{"rps": v, "p50_ms": 1.0, "p99_ms": 2.0} for v in values]
+    assert met(results, "1,000 accounts") == ["yes"]  # 0.97 >= 0.95 + 2 % of it
+    steady[f"{TWIN}@1"] = [{"rps": v, "p50_ms": 1.0, "p99_ms": 2.0} for v in (100.0, 70.0, 101.0)]
+    # Its median is 1.01 x stream, but one round came out 30 % off.
+    assert met(results, "1,000 accounts") == ["not shown: within this run's noise (30%)"]
+
+
 def first_byte(addon: float, twin: float | None) -> str:
     data = {"stream": [{"ttfb_ms": [3.0, 3.0]}], "addon-10": [{"ttfb_ms": [addon, addon]}]}
     for run in data.values():
