@@ -35,7 +35,7 @@ import zstandard
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REDIRECT_SCRIPT = Path(__file__).resolve().parent / "redirect.py"
-CODEX_VERSION = "0.169.0"
+CODEX_VERSION = "0.171.0"
 CODEX_CACHE = REPO_ROOT / "tests" / ".cache" / "codex"
 LISTENING_RE = re.compile(r"proxy listening at (?:\[?[\w.:]*\]?):(\d+)")
 

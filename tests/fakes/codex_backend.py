@@ -2,8 +2,8 @@
 
 It runs tornado on its own thread and event loop, listens on 127.0.0.1 (ephemeral port, TLS
 with a throw-away self-signed certificate) and answers the way the real services do where the
-Codex CLI 0.169.0 depends on it. Auth vs backend is told apart by path, so one fake serves both
-hosts. Reply shapes follow the openai/codex source (codex-rs):
+Codex CLI (0.169.0 to 0.171.0) depends on it. Auth vs backend is told apart by path, so one
+fake serves both hosts. Reply shapes follow the openai/codex source (codex-rs):
 
 - ``wham/accounts/check``: ``AccountsResponse``/``AccountEntry`` (backend-client; the CLI keeps
   the entry whose ``id`` is its own ``chatgpt-account-id``, and needs ``workspace_backend_origin``
