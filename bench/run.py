@@ -449,7 +449,7 @@ def _goals(results: dict[str, Any]) -> list[str]:
             stream = median([r["rps"] for r in runs[f"stream@{conns}"]])
             twin = runs.get(f"{TWIN}@{conns}")  # absent from runs made before it
             same = median([r["rps"] for r in twin]) / stream if twin else 1.0
-            error = _twin_error(runs[f"stream@{conns}"], twin) if twin else 0.0
+            error = max([abs(same - 1), *_round_drift(runs[f"stream@{conns}"], twin or [])])
             noise = f"; `{TWIN}` {same:.3f} x stream" if twin else ""
             for size, floor in (("1000", 0.95), ("10000", 0.90)):
                 rps = median([r["rps"] for r in runs.get(f"addon-{size}@{conns}", [])] or [0])
@@ -543,15 +543,12 @@ def _counted_rate(results: dict[str, Any], name: str) -> float | None:
     )
 
 
-def _twin_error(stream: list[dict[str, Any]], twin: list[dict[str, Any]]) -> float:
-    """How far the machine alone moved a throughput ratio in this run: the largest distance
-    of the twin's rate from `stream`'s, round by round (a median of the twin's ratio can sit
-    at 1.0 while single rounds swing 30 %), or of their medians when the rounds do not pair."""
-    rounds = [t["rps"] / s["rps"] for s, t in zip(stream, twin, strict=False) if s["rps"]]
-    overall = median([r["rps"] for r in twin]) / median([r["rps"] for r in stream])
-    if len(stream) != len(twin) or not rounds:
-        return abs(overall - 1)
-    return max(abs(overall - 1), *(abs(r - 1) for r in rounds))
+def _round_drift(stream: list[dict[str, Any]], twin: list[dict[str, Any]]) -> list[float]:
+    """The twin's relative distance from `stream`'s rate in each round (none when the rounds
+    do not pair): a median of the twin's ratio can sit at 1.0 while single rounds swing 30 %."""
+    if len(stream) != len(twin):
+        return []
+    return [abs(t["rps"] / s["rps"] - 1) for s, t in zip(stream, twin, strict=True) if s["rps"]]
 
 
 def _judge(over: float, noise: float, shown: str) -> bool | str:
