@@ -23,7 +23,7 @@ if _ROOT not in sys.path:
 from mitmproxy import command, connection, ctx, exceptions, http  # noqa: E402
 from mitmproxy.addons.clientplayback import ReplayHandler  # noqa: E402
 
-from addon import answers, heap, placeholder, routing, usage  # noqa: E402
+from addon import answers, deferred, heap, placeholder, routing, usage  # noqa: E402
 from addon.affinity import client_key, conversation_key, header_conversation_key  # noqa: E402
 from addon.dashboard import Dashboard  # noqa: E402
 from addon.pool import Choice, Pool, PoolError  # noqa: E402
@@ -149,6 +149,7 @@ class Router:
         self._unmasked: dict[str, http.HTTPFlow] = {}
         self._log_routes = False  # a log line per routed request (termlog_verbosity=debug)
         self._notices = StreamNotices()
+        self._unusable: list[str] = []  # what was wrong with the options at start-up
 
     # -- options ---------------------------------------------------------------------------
     def load(self, loader):  # type: ignore[no-untyped-def]
@@ -177,8 +178,13 @@ class Router:
             60,
             "Seconds between probe requests while every account is rate limited.",
         )
+        self._unusable = deferred.apply(loader.master.options, "router_")
+        for problem in self._unusable:  # mitmproxy exits: an error was logged at start-up
+            logger.error("quota-router cannot start: %s", problem)
 
     def configure(self, updated: set[str]) -> None:
+        if self._unusable:
+            return  # start-up failed and was reported; mitmproxy is exiting
         try:
             self._configure(updated)
         except exceptions.OptionsError as e:

@@ -203,6 +203,35 @@ def test_bad_strategy_option_stops_start_up_with_a_clear_message(tmp_path: Path)
     assert proxy.proc is not None and proxy.proc.returncode == 1
 
 
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"router_probe_interval": "abc"}, "router_probe_interval: 'abc' is not a whole number"),
+        ({"router_strateg": "capacity_weighted"}, "unknown option router_strateg (did you mean"),
+        ("router_probe_interval: abc\n", "router_probe_interval: 'abc' is not a whole number"),
+    ],
+    ids=["set-unconvertible", "set-misspelt", "config-yaml-wrong-type"],
+)
+def test_an_option_value_mitmproxy_would_drop_stops_start_up(
+    tmp_path: Path, given: dict[str, str] | str, message: str
+) -> None:
+    # Without the router's own check the first and last start a proxy without the router
+    # (every request then passes with the client's own login); the second ignores the option.
+    options = {"router_state": str(tmp_path / "s.toml")}
+    confdir = tmp_path / "conf"
+    confdir.mkdir()
+    if isinstance(given, str):
+        (confdir / "config.yaml").write_text(given)
+    else:
+        options.update(given)
+    proxy = fake_proxy("127.0.0.1:9", [ROUTER], options, ready_pattern=READY, confdir=confdir)
+    with pytest.raises(TimeoutError):
+        proxy.start()
+    assert f"quota-router cannot start: {message}" in proxy.output
+    assert "Traceback" not in proxy.output
+    assert proxy.proc is not None and proxy.proc.returncode == 1
+
+
 def test_corrupt_state_file_stops_start_up_and_is_left_untouched(tmp_path: Path) -> None:
     state = tmp_path / "router-state.toml"
     original = b'version = 1\n\n[[accounts]]\nname = "a"\nplan = "plus"\ncredentials = 7\n'
