@@ -169,7 +169,7 @@ def cmd_status(file: StateFile, args: argparse.Namespace) -> str:
         return _watch(file)
     rows = Pool(file.read() or State()).rows(time.time())
     if args.json:
-        return json.dumps({"accounts": [_public(r) for r in rows]}, indent=2)
+        return json.dumps({"accounts": rows}, indent=2)
     colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
     return report.table(rows, colour=colour)
 
@@ -189,10 +189,6 @@ def _watch(file: StateFile, interval: float = 2.0) -> str:
             time.sleep(interval)
     except KeyboardInterrupt:
         return ""
-
-
-def _public(row: dict[str, object]) -> dict[str, object]:
-    return {k: v for k, v in row.items() if k != "next"} | {"next_pick": row["next"]}
 
 
 def cmd_pause(file: StateFile, args: argparse.Namespace) -> str:

@@ -62,7 +62,7 @@ ROW_FIELDS = (
     "priority",
     "max_primary_percent",
     "max_secondary_percent",
-    "next",
+    "next_pick",
 )
 
 

@@ -507,5 +507,5 @@ def status_row(account: Account, now: float, next_pick: bool = False) -> dict[st
         "priority": account.priority,
         "max_primary_percent": account.max_primary_percent,
         "max_secondary_percent": account.max_secondary_percent,
-        "next": next_pick,
+        "next_pick": next_pick,
     }

@@ -104,7 +104,7 @@ def _steering(row: dict[str, Any]) -> str:
 def _row_cells(row: dict[str, Any], now: float, steer: bool) -> list[Cell]:
     primary, secondary = row["primary_used_percent"], row["secondary_used_percent"]
     cells: list[Cell] = [
-        ("→" if row["next"] else "", BOLD + ";" + CYAN),
+        ("→" if row["next_pick"] else "", BOLD + ";" + CYAN),
         (row["name"], BOLD),
         (row["plan"], ""),
         (state_text(row, now), _STATE_STYLE.get(row["status"], "")),

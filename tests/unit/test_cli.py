@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from addon.dashboard import ROW_FIELDS
 from addon.state import Account, Plan, State, Status, Window
 from addon.statefile import StateFile
 from tests.fakes.jwt import make_auth_json
@@ -135,6 +136,7 @@ def test_status_json_has_the_documented_keys_and_types(
     assert [r["name"] for r in rows] == ["pro1", "plus1", "plus2"]
     for row in rows:
         assert set(row) >= JSON_KEYS
+        assert tuple(row) == ROW_FIELDS  # the dashboard's /api/status rows: the same fields
         for key in ("primary_used_percent", "secondary_used_percent"):
             assert row[key] is None or type(row[key]) is float
         for key in ("primary_reset_at", "secondary_reset_at", "last_used_at"):

@@ -39,7 +39,7 @@ def row(name: str = "work", **changes: Any) -> dict[str, Any]:
         "priority": 0,
         "max_primary_percent": 100.0,
         "max_secondary_percent": 100.0,
-        "next": True,
+        "next_pick": True,
         "history": [(NOW - 120, 30.0, 7.0), (NOW - 60, 42.0, None)],
     }
     return base | changes
@@ -62,7 +62,9 @@ def leaky_snapshot() -> dict[str, Any]:
         "refresh_token": REFRESH,
         "credentials": {"access_token": SECRET, "refresh_token": REFRESH},
     }
-    return snapshot(row("work", **secrets), row("home", next=False), token=SECRET, **{"x": REFRESH})
+    return snapshot(
+        row("work", **secrets), row("home", next_pick=False), token=SECRET, **{"x": REFRESH}
+    )
 
 
 def call(
@@ -100,7 +102,7 @@ def test_status_endpoint_serves_the_pool_as_json() -> None:
     [account] = data["accounts"]
     assert account["name"] == "work"
     assert account["primary_used_percent"] == 42.0
-    assert account["next"] is True
+    assert account["next_pick"] is True
     assert "history" not in account  # the chart has its own endpoint
     assert set(account) == set(dashboard.ROW_FIELDS)
 

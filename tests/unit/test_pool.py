@@ -339,7 +339,7 @@ def test_rows_show_usage_and_mark_the_next_pick(make_account: AccountFactory, no
     assert (a["primary_used_percent"], a["primary_reset_at"]) == (30.0, t + 3600)
     assert (a["secondary_used_percent"], a["secondary_reset_at"]) == (60.0, t + 5 * 86400)
     assert rows["B"]["secondary_used_percent"] is None
-    assert [n for n, r in rows.items() if r["next"]] == ["A"]
+    assert [n for n, r in rows.items() if r["next_pick"]] == ["A"]
     assert {n: r["status"] for n, r in rows.items()} == {
         "A": "active",
         "B": "active",

@@ -32,7 +32,7 @@ def row(name: str, **changes: Any) -> dict[str, Any]:
         "priority": 0,
         "max_primary_percent": 100.0,
         "max_secondary_percent": 100.0,
-        "next": False,
+        "next_pick": False,
     }
     return base | changes
 
@@ -47,7 +47,7 @@ def rows() -> list[dict[str, Any]]:
             secondary_reset_at=int(NOW) + 3 * 86400 + 4 * 3600,
             requests=128,
             last_used_at=int(NOW) - 40,
-            next=True,
+            next_pick=True,
         ),
         row(
             "spare",
