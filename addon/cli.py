@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import stat
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
 from addon import placeholder, report
-from addon.authjson import AuthFileError, read_auth_file
+from addon.authjson import AuthFileError, file_kind, load_json, parse_auth, read_auth_file
 from addon.pool import Pool, PoolError
 from addon.state import Account, State, Status
-from addon.statefile import StateFile, StateFileError, default_path
+from addon.statefile import (
+    DEFAULT_CONFDIR,
+    DEFAULT_NAME,
+    StateFile,
+    StateFileError,
+    default_path,
+    expand,
+)
 
 
 class CliError(Exception):
@@ -27,12 +37,26 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def _default_state() -> Path:
+    try:
+        return default_path()
+    except RuntimeError:  # no home directory: left unexpanded, `main` names the problem
+        return Path(DEFAULT_CONFDIR, DEFAULT_NAME)
+
+
+def _expand(path: Path) -> Path:
+    try:
+        return expand(path)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m addon", description=__doc__)
     parser.add_argument(
         "--state",
         type=Path,
-        default=default_path(),
+        default=_default_state(),
         help="state file (default: %(default)s, the proxy's router_state default)",
     )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -95,7 +119,7 @@ def _find(state: State, name: str) -> Account:
 
 def cmd_import(file: StateFile, args: argparse.Namespace) -> str:
     try:
-        imported = read_auth_file(args.auth_json)
+        imported = read_auth_file(_expand(args.auth_json))
     except AuthFileError as e:
         raise CliError(str(e)) from None
     verb = "added"
@@ -235,33 +259,66 @@ def cmd_rename(file: StateFile, args: argparse.Namespace) -> str:
 
 
 def cmd_client_auth(file: StateFile, args: argparse.Namespace) -> str:
-    out: Path = args.out_json.expanduser()
-    if out.exists() and not args.force:
+    out = _expand(args.out_json)
+    mode = _mode(out)
+    if mode is not None and not stat.S_ISREG(mode):  # --force replaces files, nothing else
+        raise CliError(f"{out}: is {file_kind(mode)}; give the path of the auth.json to write")
+    if mode is not None and not args.force:
         existing = _describe_existing(out)
         raise CliError(f"{out} exists already ({existing}); add --force to replace it")
-    data = json.dumps(placeholder.auth_json(), indent=2) + "\n"
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(data)
-        os.replace(tmp, out)
-    except OSError as e:
-        raise CliError(f"{out}: cannot write: {e.strerror or e}") from None
+    _write_private(out, json.dumps(placeholder.auth_json(), indent=2) + "\n")
     return (
         f"wrote a placeholder login to {out}; clients using it need the proxy "
         "(HTTPS_PROXY and CODEX_CA_CERTIFICATE) and never hold a real token"
     )
 
 
-def _describe_existing(path: Path) -> str:
+def _mode(path: Path) -> int | None:
+    """The mode of the file at `path` (through symlinks), None if there is none."""
     try:
-        tokens = json.loads(path.read_text()).get("tokens", {})
-    except (OSError, ValueError, AttributeError):
-        return "not a Codex login"
+        return path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as e:
+        raise CliError(f"{path}: cannot use: {e.strerror or e}") from None
+
+
+def _write_private(out: Path, data: str) -> None:
+    """Writes `out` (mode 0600) whole or not at all, through a temporary file never left."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    except OSError as e:
+        raise CliError(f"{out}: cannot write: {e.strerror or e}") from None
+    replaced = False
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(data)
+        os.replace(tmp, out)
+        replaced = True
+    except OSError as e:
+        raise CliError(f"{out}: cannot write: {e.strerror or e}") from None
+    finally:
+        if not replaced:  # any failure, even Ctrl-C: no stray temporary file
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _describe_existing(path: Path) -> str:
+    """What the file to overwrite holds, so the user knows what --force would lose."""
+    try:
+        data = load_json(path)
+    except AuthFileError as e:
+        return f"a file `import` does not accept: {e.reason}"
+    tokens = data.get("tokens") if isinstance(data, dict) else None
     if isinstance(tokens, dict) and placeholder.is_placeholder(tokens.get("refresh_token")):
         return "a placeholder login"
+    try:
+        parse_auth(data, str(path))
+    except AuthFileError as e:
+        if isinstance(data, dict) and data.get("OPENAI_API_KEY"):
+            return "an API-key login, which `import` cannot keep: copy it elsewhere first"
+        return f"a file `import` does not accept: {e.reason}"
     return "a real Codex login: import it first with `import`, it is not kept elsewhere"
 
 
@@ -288,8 +345,8 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    file = StateFile(args.state.expanduser())
     try:
+        file = StateFile(_expand(args.state))
         print(COMMANDS[args.command](file, args))
     except (CliError, StateFileError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -172,7 +172,7 @@ class Saver:
 
     def flush(self) -> bool:
         """The final, blocking save at shutdown."""
-        if self.pool.version == self.saved_changes and not self.file.changed_since_known():
+        if self.pool.version == self.saved_changes and not self._external():
             return True
         try:
             self._blocking_save()
@@ -196,7 +196,7 @@ class Saver:
         """Whether another writer changed the file (a stat: off the event loop)."""
         try:
             return self.file.changed_since_known()
-        except OSError:
+        except (StateFileError, OSError):
             return True  # the save itself will say what is wrong
 
     def _take_changes(

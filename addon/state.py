@@ -6,7 +6,7 @@ its own `*_at` timestamp, so a merge can keep the newer side of every group (see
 
 from __future__ import annotations
 
-import math
+import re
 import uuid
 from enum import StrEnum
 from typing import Annotated, Any
@@ -16,15 +16,23 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 STATE_VERSION = 1
 
 
-def _finite(v: float) -> float:
-    if not math.isfinite(v):
-        raise ValueError("must be a finite number")
-    return v
-
-
-Percent = Annotated[float, Field(ge=0, le=100), AfterValidator(_finite)]
+# NaN and infinities are refused before the range is checked (NaN fails `le` with a misleading
+# "less than or equal to 100").
+Percent = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
 Epoch = Annotated[int, Field(ge=0, lt=2**40)]
-Stamp = Annotated[float, Field(ge=0, lt=2**40), AfterValidator(_finite)]
+Stamp = Annotated[float, Field(ge=0, lt=2**40, allow_inf_nan=False)]
+# Tokens and the account id go into HTTP headers: visible ASCII only (a CR/LF from a hand-edited
+# file would start a header of its own). Real ones are a few KB; the bound keeps a mistake small.
+_VISIBLE_ASCII = re.compile(r"[\x21-\x7e]*")
+
+
+def _header_safe(value: str) -> str:
+    if not _VISIBLE_ASCII.fullmatch(value):
+        raise ValueError("must be visible ASCII characters only (no spaces, no line breaks)")
+    return value
+
+
+HeaderText = Annotated[str, Field(max_length=65536), AfterValidator(_header_safe)]
 
 
 class Plan(StrEnum):
@@ -111,10 +119,10 @@ class Conversation(_Frozen):
 
 
 class Credentials(_Frozen):
-    access_token: str = Field(min_length=1)
-    refresh_token: str = ""
-    id_token: str = ""
-    account_id: str = ""
+    access_token: Annotated[HeaderText, Field(min_length=1)]
+    refresh_token: HeaderText = ""
+    id_token: HeaderText = ""
+    account_id: Annotated[HeaderText, Field(max_length=200)] = ""
     expires_at: Epoch | None = None
     updated_at: Stamp = 0.0
 
@@ -145,7 +153,7 @@ class Account(_Model):
     block: Block | None = None
     backoff: Backoff | None = None
 
-    requests: int = Field(default=0, ge=0)
+    requests: int = Field(default=0, ge=0, le=2**53)  # exact in JSON (status --json)
     last_used_at: Epoch | None = None
     added_at: Stamp = 0.0
 

@@ -12,6 +12,7 @@ import mmap
 import os
 import re
 import secrets
+import stat
 import time
 import tomllib
 from collections.abc import Callable, Collection, Iterator, Mapping
@@ -53,6 +54,17 @@ def default_path(confdir: str = DEFAULT_CONFDIR) -> Path:
     return Path(confdir).expanduser() / DEFAULT_NAME
 
 
+def expand(path: str | Path) -> Path:
+    """`path` with a leading ~ or ~user expanded; ValueError naming why when it cannot be."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:  # pathlib's way of saying: unknown user, or no home directory
+        first = Path(path).parts[0]
+        raise ValueError(
+            f"{path}: cannot expand {first!r} (no such user, or no home directory)"
+        ) from None
+
+
 class StateFileError(Exception):
     """The state file cannot be used; the message names the file, where, and what is wrong."""
 
@@ -65,10 +77,14 @@ class Fingerprint:
 
 
 def fingerprint(path: Path) -> Fingerprint | None:
+    """None when there is no file; StateFileError when the path cannot be one (a directory
+    on the way is a file, a symlink loop, a name too long, no permission)."""
     try:
         st = path.stat()
     except FileNotFoundError:
         return None
+    except OSError as e:
+        raise StateFileError(f"{path}: cannot read: {e.strerror or e}") from None
     return Fingerprint(st.st_ino, st.st_size, st.st_mtime_ns)
 
 
@@ -93,7 +109,8 @@ def _describe(error: pydantic.ValidationError, data: object, text: str) -> str:
                 where += f" (account {name!r})"
             if line:
                 where += f" (in the table at line {line})"
-        problems.append(f"{where or 'file'}: {item['msg']}")
+        message = item["msg"].removeprefix("Value error, ")  # our validators' own words
+        problems.append(f"{where or 'file'}: {message}")
     more = len(error.errors()) - len(problems)
     return "; ".join(problems) + (f"; and {more} more problem(s)" if more > 0 else "")
 
@@ -174,14 +191,23 @@ class StateFile:
         """The file's bytes; a large one in READ_STEP reads into anonymous memory (no copy of
         the whole afterwards: that would hold the GIL). Slices of either are bytes."""
         try:
-            with open(self.path, "rb", buffering=0) as f:
-                size = os.fstat(f.fileno()).st_size
+            # Non-blocking: opening a named pipe for reading would wait for a writer forever.
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise StateFileError(f"{self.path}: cannot read: {e.strerror}") from None
+        try:
+            with open(fd, "rb", buffering=0) as f:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+                    raise StateFileError(f"{self.path}: cannot read: {kind}")
+                size = st.st_size
                 if size > READ_STEP and (buffer := _read_in_steps(f, size)) is not None:
                     return buffer
                 f.seek(0)  # small, or written in place while being read: read it whole
                 return f.read()
-        except FileNotFoundError:
-            return None
         except OSError as e:
             raise StateFileError(f"{self.path}: cannot read: {e.strerror}") from None
 
@@ -235,7 +261,13 @@ class StateFile:
             yield
             return
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            # Named: "cannot write" with the state file's name would send the user elsewhere.
+            raise StateFileError(
+                f"{self.lock_path}: cannot open the lock file: {e.strerror}"
+            ) from None
         try:
             deadline = time.monotonic() + LOCK_TIMEOUT
             while True:
@@ -257,14 +289,17 @@ class StateFile:
         """Write `state` atomically; `pieces`, when given, are its bytes (see SyncCache)."""
         if pieces is None:
             pieces = [dumps(state).encode()]
-        directory = self.path.parent
+        # A state file that is a symlink (kept in a synced folder, say) is written where it
+        # points: replacing the link itself would leave its target behind, stale.
+        target = Path(os.path.realpath(self.path))
+        directory = target.parent
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not self._swept:
-            self._sweep(directory)
+            self._sweep(directory, target.name)
         # A new, unpredictable name, created exclusively and never through a symlink: a file
         # or link planted under a guessable name cannot receive the credentials.
         for attempt in range(3):
-            tmp = directory / f".{self.path.name}.{os.getpid()}.{secrets.token_hex(8)}"
+            tmp = directory / f".{target.name}.{os.getpid()}.{secrets.token_hex(8)}"
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW, 0o600)
                 break
@@ -285,7 +320,7 @@ class StateFile:
             raise
         os.close(fd)
         try:
-            os.replace(tmp, self.path)
+            os.replace(tmp, target)
         except BaseException:
             with contextlib.suppress(OSError):
                 tmp.unlink()
@@ -300,13 +335,13 @@ class StateFile:
         if current is not None:
             self._known = (current, state)
 
-    def _sweep(self, directory: Path) -> None:
+    def _sweep(self, directory: Path, name: str) -> None:
         """Delete temp files a killed writer left behind (they hold credentials). Called with
         the lock held: every writer creates its temp file under the lock, so none is live."""
         if fcntl is None:
             return  # no lock: another writer's temp file may be live
         self._swept = True
-        prefix = f".{self.path.name}."
+        prefix = f".{name}."
         with contextlib.suppress(OSError), os.scandir(directory) as entries:
             for entry in entries:
                 if entry.name.startswith(prefix) and _TEMP_SUFFIX.fullmatch(

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -101,6 +103,10 @@ CASES: dict[str, tuple[list[str], str]] = {
     "status --json with a file as the state directory": (["status", "--json"], "under_file"),
     "client-auth over an existing file": (["client-auth", "{good}"], "ok"),
     "client-auth under a file": (["client-auth", "{good}/client.json"], "ok"),
+    "client-auth --force onto a directory": (["client-auth", "{adir}", "--force"], "ok"),
+    "client-auth in an unknown user's home": (["client-auth", "~nosuchuser-qr/a.json"], "ok"),
+    "state in an unknown user's home": (["--state", "~nosuchuser-qr/s.toml", "status"], "ok"),
+    "import an auth.json over 1 MiB": (["import", "{big}", "--name", "c"], "ok"),
     "state option without a value": (["--state"], "ok"),
     "unknown command after a good state": (["frobnicate", "a"], "ok"),
 }
@@ -130,13 +136,16 @@ def prepare(base: Path) -> list[str]:
         "empty": "",
         "nan": '{"tokens": {"access_token": NaN, "refresh_token": Infinity}}',
         "deep": "[" * 100_000 + "]" * 100_000,
+        "big": json.dumps(make_auth_json("acct-big") | {"padding": "x" * (2 << 20)}),
     }
     for name, text in files.items():
         (inputs / f"{name}.json").write_text(text, encoding="utf-8", errors="surrogatepass")
     (inputs / "binary.json").write_bytes(bytes(range(256)) * 4)
     (inputs / "dangling.json").symlink_to(inputs / "nowhere.json")
+    (inputs / "adir").mkdir()
+    (inputs / "adir" / "kept.txt").write_text("kept")
     secrets = ["X-Injected", "eyJ abc def"]
-    for name in ("a", "b", "good", "crlf", "id_crlf"):
+    for name in ("a", "b", "good", "crlf", "id_crlf", "big"):
         tokens = json.loads((inputs / f"{name}.json").read_text())["tokens"]
         secrets += [v for k, v in tokens.items() if k != "account_id"]
     return secrets
@@ -201,3 +210,24 @@ def test_a_wrong_command_line_is_one_clear_line_and_changes_nothing(
     assert outcome.out == ""
     assert outcome.after == outcome.before  # same files, same bytes, same modes
     assert secrets_in(outcome.err, secrets) == []
+
+
+def test_client_auth_that_cannot_write_leaves_no_temporary_file(tmp_path: Path) -> None:
+    out = tmp_path / "codex" / "auth.json"
+
+    def tiny_files() -> None:  # a write past 64 bytes fails with EFBIG
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))
+
+    state = tmp_path / "s.toml"
+    done = subprocess.run(
+        [sys.executable, "-m", "addon", "--state", str(state), "client-auth", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=60,
+        preexec_fn=tiny_files,
+    )
+    assert done.returncode == 1
+    assert done.stderr == f"error: {out}: cannot write: File too large\n"
+    assert os.listdir(out.parent) == []

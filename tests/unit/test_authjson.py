@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from addon.authjson import AuthFileError, parse_auth, read_auth_file
+from addon.authjson import MAX_BYTES, AuthFileError, parse_auth, read_auth_file
 from addon.state import Plan
 from tests.fakes.jwt import make_access_token, make_auth_json, make_id_token, make_jwt
 
@@ -145,6 +147,12 @@ def broken(change: str) -> tuple[Any, str, list[str]]:
     elif change == "access_token_not_text":
         tokens["access_token"] = 12345
         word = "access token"
+    elif change == "header_in_refresh_token":  # a CR/LF would start an HTTP header of its own
+        tokens["refresh_token"] += "\r\nX-Evil: injected"
+        word = "refresh token"
+    elif change == "account_id_too_long":
+        tokens["account_id"] = "a" * 201
+        word = "account id"
     elif change == "list":
         data, word = [auth], "JSON object"
     elif change == "string":
@@ -162,6 +170,8 @@ CHANGES = [
     "blank_access_token",
     "no_refresh_token",
     "access_token_not_text",
+    "header_in_refresh_token",
+    "account_id_too_long",
     "list",
     "string",
 ]
@@ -189,8 +199,12 @@ def test_a_wrong_document_is_a_clear_error_without_secrets(
         ("", "not JSON"),
         ("{not json", "not JSON"),
         ('{"tokens": {"access_token": "eyJsecret.eyJsecret.sig", ', "not JSON"),
-        ("[" * 100_000 + "]" * 100_000, "JSON"),  # too deep for the parser: still an error
-        (b"\xff\xfe\x00garbage", "cannot read"),
+        ('{"tokens": {\n"access_token": "x", oops}}', "at line 2, column 22"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),  # too deep for the parser
+        # Over sys.get_int_max_str_digits: json raises a bare ValueError, without a line.
+        ('{"tokens": {},\n"n": ' + "7" * 5000 + "}", "a number too long (5,000 digits) at line 2"),
+        (b"\xff\xfe\x00garbage", "not UTF-8 text"),
+        ('{"tokens": {"access_token": "caf\u00e9"}}'.encode("latin-1"), "not UTF-8 text"),
     ],
 )
 def test_a_file_that_is_not_json_is_a_clear_error(
@@ -203,6 +217,7 @@ def test_a_file_that_is_not_json_is_a_clear_error(
     assert str(path) in message and word in message
     assert "secret" not in message
     assert len(message) < 300
+    assert "line ?" not in message and "codec" not in message  # no raw Python wording
 
 
 def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
@@ -224,3 +239,43 @@ def test_an_unreadable_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(AuthFileError, match="cannot read") as caught:
         read_auth_file(path)
     assert str(path) in str(caught.value)
+
+
+def test_a_named_pipe_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    path = tmp_path / "auth.json"
+    os.mkfifo(path)
+    with ThreadPoolExecutor(1) as pool:
+        reading = pool.submit(read_auth_file, path)
+        try:
+            error = reading.exception(timeout=10)
+        finally:
+            if not reading.done():  # stuck in open(): a writer frees it, and the test fails
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+    assert isinstance(error, AuthFileError)
+    assert str(error) == f"{path}: is a named pipe (FIFO), not an auth.json file"
+
+
+def test_a_device_is_refused_unread() -> None:
+    with pytest.raises(AuthFileError, match=r"^/dev/null: is a device, not an auth\.json file$"):
+        read_auth_file(Path("/dev/null"))  # /dev/zero or a tape would be worse to read
+
+
+def padded(size: int) -> str:
+    """A valid auth.json of exactly `size` bytes."""
+    doc = make_auth_json("acct-big", "plus")
+    doc["padding"] = ""
+    doc["padding"] = "x" * (size - len(json.dumps(doc)))
+    text = json.dumps(doc)
+    assert len(text) == size
+    return text
+
+
+def test_an_auth_json_over_one_mib_is_refused(write_auth: WriteAuth) -> None:
+    assert read_auth_file(write_auth(padded(MAX_BYTES))).plan is Plan.PLUS  # the bound itself
+    path = write_auth(padded(MAX_BYTES + 1))
+    with pytest.raises(AuthFileError) as caught:
+        read_auth_file(path)
+    assert str(caught.value) == (
+        f"{path}: too large for an auth.json (1,048,577 bytes; the limit is 1 MiB, "
+        "a login is a few KB)"
+    )

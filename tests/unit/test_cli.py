@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
+import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from addon.cli import main
 from addon.dashboard import ROW_FIELDS
 from addon.state import Account, Plan, State, Status, Window
 from addon.statefile import StateFile
 from tests.fakes.jwt import make_auth_json
 
 if TYPE_CHECKING:
-    from conftest import AuthFiles, Cli, WriteAuth
+    from conftest import AuthFiles, Cli, Result, WriteAuth
 
 REPO = Path(__file__).resolve().parents[2]
 JSON_KEYS = {
@@ -292,6 +297,123 @@ def test_a_corrupt_state_file_is_one_line_and_left_alone(
     assert len(result.err.splitlines()) == 1 and "Traceback" not in result.err
     assert str(state_path) in result.err and "line" in result.err
     assert state_path.read_bytes() == b"[[accounts]\nname = 'a'\n"
+
+
+# -- paths: a home that cannot be found, files that are not regular ones ---------------------
+
+NO_USER = "~nosuchuser-quota-router"
+NO_HOME = "cannot expand '{}' (no such user, or no home directory)"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--state", f"{NO_USER}/router-state.toml", "status"],
+        ["import", f"{NO_USER}/auth.json", "--name", "x"],
+        ["client-auth", f"{NO_USER}/auth.json"],
+    ],
+)
+def test_a_path_in_an_unknown_users_home_is_named(cli: Cli, args: list[str]) -> None:
+    result = cli(*args)
+    assert result.code == 1 and result.out == ""
+    assert result.err == f"error: {args[1]}: {NO_HOME.format(NO_USER)}\n"
+
+
+def test_the_default_state_path_without_a_home_is_named(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def no_entry(uid: int) -> pwd.struct_passwd:
+        raise KeyError(uid)
+
+    monkeypatch.delenv("HOME", raising=False)
+    monkeypatch.setattr(pwd, "getpwuid", no_entry)  # a user without a passwd entry
+    assert main(["status"]) == 1
+    expected = f"error: ~/.mitmproxy/router-state.toml: {NO_HOME.format('~')}\n"
+    assert capsys.readouterr().err == expected
+
+
+def without_blocking(fifo: Path, call: Callable[[], Result]) -> Result:
+    """`call()`, failing the test (instead of hanging it) if it waits for a writer on `fifo`."""
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(call)
+        try:
+            return running.result(timeout=10)
+        finally:
+            if not running.done():  # stuck in open(): a writer frees it
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_client_auth_refuses_a_named_pipe_at_once(
+    cli: Cli, tmp_path: Path, force: list[str]
+) -> None:
+    fifo = tmp_path / "codex" / "auth.json"
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)
+    result = without_blocking(fifo, lambda: cli("client-auth", fifo, *force))
+    assert result.code == 1
+    assert result.err == (
+        f"error: {fifo}: is a named pipe (FIFO); give the path of the auth.json to write\n"
+    )
+    assert stat.S_ISFIFO(fifo.lstat().st_mode) and os.listdir(fifo.parent) == ["auth.json"]
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_client_auth_onto_a_directory_is_refused_and_leaves_nothing(
+    cli: Cli, tmp_path: Path, force: list[str]
+) -> None:
+    directory = tmp_path / "out" / "codex"
+    directory.mkdir(parents=True)
+    (directory / "keep.txt").write_text("mine")
+    result = cli("client-auth", directory, *force)
+    assert result.code == 1
+    assert result.err == (
+        f"error: {directory}: is a directory; give the path of the auth.json to write\n"
+    )
+    left = sorted(str(p.relative_to(directory.parent)) for p in directory.parent.rglob("*"))
+    assert left == ["codex", "codex/keep.txt"]  # no stray temporary file
+    assert (directory / "keep.txt").read_text() == "mine"
+
+
+NOT_IMPORTABLE = "a file `import` does not accept: "
+
+
+@pytest.mark.parametrize(
+    ("content", "description"),
+    [
+        (
+            {"OPENAI_API_KEY": "sk-proj-0123456789abcdef", "tokens": None},
+            "an API-key login, which `import` cannot keep: copy it elsewhere first",
+        ),
+        ({}, NOT_IMPORTABLE + 'not a Codex auth.json (no "tokens" object)'),
+        (
+            {"tokens": ["eyJ-secret-access", "rt_secret_refresh_0123456789"]},
+            NOT_IMPORTABLE + 'not a Codex auth.json (no "tokens" object)',
+        ),
+        (
+            {"tokens": {"access_token": "eyJ-secret-access"}},
+            NOT_IMPORTABLE + 'no refresh token in "tokens" (log in again with codex)',
+        ),
+        (
+            "{not json",
+            NOT_IMPORTABLE + "not JSON (Expecting property name enclosed in double "
+            "quotes at line 1, column 2)",
+        ),
+    ],
+)
+def test_client_auth_says_what_the_file_it_will_not_replace_is(
+    cli: Cli, write_auth: WriteAuth, content: Any, description: str
+) -> None:
+    path = write_auth(content)
+    before = path.read_bytes()
+    result = cli("client-auth", path)
+    assert result.code == 1
+    assert result.err == (
+        f"error: {path} exists already ({description}); add --force to replace it\n"
+    )
+    assert path.read_bytes() == before
+    for secret in ("sk-proj", "secret"):
+        assert secret not in result.err
 
 
 # -- the entry point -------------------------------------------------------------------------

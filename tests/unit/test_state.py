@@ -165,6 +165,20 @@ def test_an_empty_access_token_is_refused() -> None:
         Credentials(access_token="")
 
 
+@pytest.mark.parametrize("field", ["access_token", "refresh_token", "id_token", "account_id"])
+@pytest.mark.parametrize("bad", ["tok\r\nX-Evil: y", "tok\n", "to k", "tok\x00", "tök"])
+def test_what_goes_into_a_header_is_visible_ascii_only(field: str, bad: str) -> None:
+    fields = {"access_token": "tok", field: bad}
+    with pytest.raises(pydantic.ValidationError, match="visible ASCII characters only"):
+        Credentials(**fields)
+
+
+def test_tokens_have_a_bound() -> None:
+    Credentials(access_token="t" * 65536)
+    with pytest.raises(pydantic.ValidationError):
+        Credentials(access_token="t" * 65537)
+
+
 def test_names_and_ids_are_unique_in_a_state(make_account: AccountFactory) -> None:
     a = make_account("same")
     with pytest.raises(pydantic.ValidationError, match="name"):

@@ -278,6 +278,12 @@ def test_an_invalid_field_names_the_file_field_account_and_line(state_path: Path
         ('name = "work"', 'name = "has space"', "accounts[0].name"),
         ('status = "active"', 'status = "sleeping"', "accounts[0].status"),
         ("requests = 0", "requests = -1", "accounts[0].requests"),
+        ("requests = 0", "requests = 1000000000000000000000", "accounts[0].requests"),
+        # A CR/LF in a token or the account id would start an HTTP header of its own.
+        (f'{ACCESS}-work"', f'{ACCESS}-work\\r\\nX-Evil: injected"', "credentials.access_token"),
+        ('"rt-secret-work"', '"rt-secret-work\\nX: y"', "credentials.refresh_token"),
+        ('"acct-work"', '"acct-work\\r\\nX-Evil: injected"', "credentials.account_id"),
+        ('"acct-work"', '"acct-work x"', "credentials.account_id"),
         ("requests = 0", "requests = 0\ncolour = 'red'", "accounts[0].colour"),
         ("updated_at = 1000.0", "updated_at = nan", "accounts[0].credentials.updated_at"),
         ("updated_at = 1000.0", "updated_at = 1000.0\nexpires_at = -1", "expires_at"),
@@ -297,6 +303,16 @@ def test_invalid_fields_are_named_and_tokens_never_shown(
     assert str(state_path) in message and field in message
     assert ACCESS not in message and "rt-secret" not in message
     assert_untouched_by_every_writer(state_path, bad)
+
+
+def test_a_percent_that_is_not_a_number_is_named_as_such(state_path: Path) -> None:
+    write_state(state_path, account("work"))
+    text = state_path.read_text().replace(
+        "max_primary_percent = 100.0", "max_primary_percent = nan"
+    )
+    state_path.write_text(text)
+    with pytest.raises(StateFileError, match="finite number"):
+        StateFile(state_path).read()
 
 
 def test_two_accounts_with_one_name_are_an_error(state_path: Path) -> None:
@@ -322,6 +338,64 @@ def test_a_directory_in_place_of_the_file_is_an_error(state_path: Path) -> None:
     state_path.mkdir(parents=True)
     with pytest.raises(StateFileError, match="cannot read"):
         StateFile(state_path).read()
+
+
+def test_a_named_pipe_in_place_of_the_file_is_an_error_at_once(state_path: Path) -> None:
+    state_path.parent.mkdir(parents=True)
+    os.mkfifo(state_path)
+    outcome: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            StateFile(state_path).load()
+        except BaseException as e:
+            outcome.append(e)
+
+    reader = threading.Thread(target=load, daemon=True)  # opening it blocking would hang
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():
+        with open(state_path, "wb"):  # let the blocked open return, then fail the test
+            pass
+        pytest.fail("reading a named pipe blocked")
+    [error] = outcome
+    assert isinstance(error, StateFileError) and "not a regular file" in str(error)
+
+
+@pytest.mark.parametrize("kind", ["parent is a file", "symlink loop"])
+def test_a_path_that_cannot_be_a_file_is_an_error_naming_why(tmp_path: Path, kind: str) -> None:
+    if kind == "parent is a file":
+        (tmp_path / "file").write_text("x")
+        path, why = tmp_path / "file" / "state.toml", "Not a directory"
+    else:
+        (tmp_path / "a").symlink_to(tmp_path / "b")
+        (tmp_path / "b").symlink_to(tmp_path / "a")
+        path, why = tmp_path / "a", "symbolic links"
+    with pytest.raises(StateFileError, match=why) as caught:
+        StateFile(path).load()
+    assert str(caught.value).startswith(f"{path}: cannot read: ")
+
+
+def test_a_symlinked_state_file_is_written_where_it_points(tmp_path: Path) -> None:
+    target = tmp_path / "synced" / "router-state.toml"
+    write_state(target, account("work"))
+    link = tmp_path / "router-state.toml"
+    link.symlink_to(target)
+    file = StateFile(link)
+    file.edit(lambda state: setattr(state.accounts[0], "priority", 7))
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert "priority = 7" in target.read_text()
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert not [p for p in target.parent.iterdir() if p.name.startswith(".")]  # no temp left
+
+
+def test_a_lock_file_that_cannot_be_opened_is_named(state_path: Path) -> None:
+    write_state(state_path, account("work"))
+    lock = state_path.with_name(state_path.name + ".lock")
+    lock.unlink(missing_ok=True)
+    lock.mkdir()
+    with pytest.raises(StateFileError, match=r"\.lock: cannot open the lock file: Is a directory"):
+        StateFile(state_path).edit(lambda state: None)
 
 
 def test_a_newer_file_version_is_an_error(state_path: Path) -> None:
