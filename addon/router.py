@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from addon.saver import Saver  # noqa: E402
 from addon.selection import Strategy, skip_reason  # noqa: E402
 from addon.sse import SSETap  # noqa: E402
 from addon.state import Account, Credentials, Status  # noqa: E402
-from addon.statefile import DEFAULT_NAME, StateFile, StateFileError  # noqa: E402
+from addon.statefile import DEFAULT_NAME, StateFile, StateFileError, expand  # noqa: E402
 from addon.streamnotice import StreamNotices  # noqa: E402
 from addon.tokens import mask  # noqa: E402
 
@@ -131,6 +132,25 @@ def _snapshot(request: http.Request) -> http.Request:
     return snapshot
 
 
+def _expand(value: str, option: str) -> Path:
+    try:
+        return expand(value)
+    except ValueError as e:
+        raise exceptions.OptionsError(f"{option}: {e}") from None
+
+
+def _is_http_url(value: str) -> bool:
+    try:
+        url = urllib.parse.urlsplit(value)
+    except ValueError:
+        return False
+    return (
+        url.scheme in ("https", "http")
+        and bool(url.hostname)
+        and not any(c.isspace() or not c.isprintable() for c in value)
+    )
+
+
 def json_response(status: int, body: dict[str, Any]) -> http.Response:
     return http.Response.make(status, json.dumps(body), {"content-type": "application/json"})
 
@@ -203,9 +223,7 @@ class Router:
                     f"router_strategy: unknown strategy {ctx.options.router_strategy!r} "
                     f"(choose one of: {choices})"
                 ) from None
-        if "router_token_url" in updated and not ctx.options.router_token_url.startswith(
-            ("https://", "http://")
-        ):
+        if "router_token_url" in updated and not _is_http_url(ctx.options.router_token_url):
             raise exceptions.OptionsError(
                 f"router_token_url: {ctx.options.router_token_url!r} is not an http(s) URL"
             )
@@ -222,8 +240,8 @@ class Router:
 
     def _state_path(self) -> Path:
         if ctx.options.router_state:
-            return Path(ctx.options.router_state).expanduser()
-        return Path(ctx.options.confdir).expanduser() / DEFAULT_NAME
+            return _expand(ctx.options.router_state, "router_state")
+        return _expand(ctx.options.confdir, "confdir") / DEFAULT_NAME
 
     def _open(self, path: Path) -> None:
         if self.file is not None and self.file.path == path:

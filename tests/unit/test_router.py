@@ -316,8 +316,13 @@ def test_live_option_changes_are_validated(router: Fixture) -> None:
         addon.running()
         with pytest.raises(exceptions.OptionsError, match="unknown strategy 'lottery'"):
             tctx.configure(addon, router_strategy="lottery")
-        with pytest.raises(exceptions.OptionsError, match="not an http"):
-            tctx.configure(addon, router_token_url="ftp://x")
+        for url in ("ftp://x", "http://", "https://a b", "https://x\n"):
+            with pytest.raises(exceptions.OptionsError, match="not an http"):
+                tctx.configure(addon, router_token_url=url)
+        with pytest.raises(
+            exceptions.OptionsError, match=r"cannot expand '~nosuchuser' \(no such user"
+        ):
+            tctx.configure(addon, router_state="~nosuchuser/state.toml")
         with pytest.raises(exceptions.OptionsError, match="at least 1 second"):
             tctx.configure(addon, router_probe_interval=0)
         tctx.configure(addon, router_strategy="capacity_weighted")
