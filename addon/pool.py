@@ -5,6 +5,7 @@ The pool never touches the disk; saver.py and statefile.py persist it.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import random
 import time
@@ -63,6 +64,19 @@ class Choice:
     reason: str = ""  # "affinity", "probe", "moved from X: why", or "" for a fresh pick
 
 
+LISTED = 8  # names an unknown-name error lists at most (a pool may hold thousands)
+
+
+def _hint(name: str, accounts: list[Account]) -> str:
+    names = [a.name for a in accounts]
+    close = difflib.get_close_matches(name, names, n=3)
+    if close:
+        return "did you mean " + " or ".join(map(repr, close)) + "?"
+    if len(names) > LISTED:
+        return f"known: {', '.join(names[:LISTED])} and {len(names) - LISTED} more"
+    return f"known: {', '.join(names) or 'none'}"
+
+
 class Pool:
     def __init__(self, state: State | None = None, rng: random.Random | None = None) -> None:
         self.state = state or State()
@@ -94,8 +108,7 @@ class Pool:
     def get(self, name: str) -> Account:
         account = self.state.by_name(name)
         if account is None:
-            known = ", ".join(a.name for a in self.accounts) or "none"
-            raise PoolError(f"no account named {name!r} (known: {known})")
+            raise PoolError(f"no account named {name!r} ({_hint(name, self.accounts)})")
         return account
 
     def by_id(self, account_id: str) -> Account | None:

@@ -301,6 +301,20 @@ def test_an_unknown_name_is_a_clear_error(make_account: AccountFactory, method: 
     assert "'gamma'" in str(caught.value) and "alpha, beta" in str(caught.value)
 
 
+def test_an_unknown_name_suggests_a_close_one_or_lists_a_few(
+    make_account: AccountFactory,
+) -> None:
+    pool = pool_of(*(make_account(f"team{i:02d}") for i in range(20)), make_account("work"))
+    with pytest.raises(PoolError, match=r"no account named 'wrok' \(did you mean 'work'\?\)"):
+        pool.get("wrok")
+    with pytest.raises(PoolError) as caught:
+        pool.get("zzz")
+    assert str(caught.value) == (
+        "no account named 'zzz' (known: team00, team01, team02, team03, team04, team05, "
+        "team06, team07 and 13 more)"
+    )
+
+
 def test_by_id_finds_accounts(make_account: AccountFactory) -> None:
     a = make_account("A")
     pool = pool_of(a)
