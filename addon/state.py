@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 STATE_VERSION = 1
 
@@ -167,10 +168,15 @@ class State(_Model):
     def _unique(self) -> State:
         for field in ("name", "id"):
             seen: set[str] = set()
-            for account in self.accounts:
+            for index, account in enumerate(self.accounts):
                 value = getattr(account, field)
                 if value in seen:
-                    raise ValueError(f"two accounts share the {field} {value!r}")
+                    # `index` in the context: the state file's error names the second one's line.
+                    raise PydanticCustomError(
+                        "duplicate_account",
+                        "two accounts share the {field} {shown}",
+                        {"field": field, "shown": repr(value), "index": index},
+                    )
                 seen.add(value)
         return self
 

@@ -99,6 +99,8 @@ def _describe(error: pydantic.ValidationError, data: object, text: str) -> str:
     problems = []
     for item in error.errors()[:3]:
         loc = item["loc"]
+        if item["type"] == "duplicate_account":  # found by State's own check: where it is
+            loc = ("accounts", item["ctx"]["index"])
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
         if len(loc) >= 2 and loc[0] == "accounts" and isinstance(loc[1], int):
             line = _line_of_account(text, loc[1])

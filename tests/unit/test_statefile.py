@@ -320,9 +320,15 @@ def test_two_accounts_with_one_name_are_an_error(state_path: Path) -> None:
     second = text[text.index("[[accounts]]") :].replace("id = ", 'id = "x', 1)
     second = second.replace('id = "x"', 'id = "other', 1)
     state_path.parent.mkdir(parents=True)
-    state_path.write_text(text + "\n" + second)
-    with pytest.raises(StateFileError, match="name 'twin'"):
+    whole = text + "\n" + second
+    state_path.write_text(whole)
+    line = whole[: whole.rindex("[[accounts]]")].count("\n") + 1  # the second one's header
+    with pytest.raises(StateFileError) as caught:
         StateFile(state_path).read()
+    assert str(caught.value) == (
+        f"{state_path}: invalid state: accounts[1] (account 'twin') (in the table at line "
+        f"{line}): two accounts share the name 'twin'"
+    )
 
 
 def test_a_file_that_is_not_utf8_is_an_error(state_path: Path) -> None:
