@@ -195,11 +195,6 @@ class StateFile:
         try:
             # Non-blocking: opening a named pipe for reading would wait for a writer forever.
             fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-        except FileNotFoundError:
-            return None
-        except OSError as e:
-            raise StateFileError(f"{self.path}: cannot read: {e.strerror}") from None
-        try:
             with open(fd, "rb", buffering=0) as f:
                 st = os.fstat(fd)
                 if not stat.S_ISREG(st.st_mode):
@@ -210,6 +205,8 @@ class StateFile:
                     return buffer
                 f.seek(0)  # small, or written in place while being read: read it whole
                 return f.read()
+        except FileNotFoundError:
+            return None
         except OSError as e:
             raise StateFileError(f"{self.path}: cannot read: {e.strerror}") from None
 
