@@ -63,6 +63,19 @@ class Choice:
     strategy: Strategy
     reason: str = ""  # "affinity", "probe", "moved from X: why", or "" for a fresh pick
 
+    @property
+    def comment(self) -> str:
+        """The decision as a flow's comment, with the usage known before the request:
+        `work · fill_first · 5h 12% · wk 3%`, then the reason if there is one."""
+        account, parts = self.account, [self.account.name, self.strategy.value]
+        if account.primary:
+            parts.append(f"5h {account.primary.used_percent:.0f}%")
+        if account.secondary:
+            parts.append(f"wk {account.secondary.used_percent:.0f}%")
+        if self.reason:
+            parts.append(self.reason)
+        return " · ".join(parts)
+
 
 LISTED = 8  # names an unknown-name error lists at most (a pool may hold thousands)
 

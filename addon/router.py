@@ -22,11 +22,11 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from mitmproxy import command, connection, ctx, exceptions, http  # noqa: E402
-from mitmproxy.addons.clientplayback import ReplayHandler  # noqa: E402
 
-from addon import answers, deferred, heap, placeholder, routing, usage  # noqa: E402
+from addon import answers, deferred, heap, messages, placeholder, routing, usage  # noqa: E402
 from addon.affinity import client_key, conversation_key, header_conversation_key  # noqa: E402
 from addon.dashboard import Dashboard  # noqa: E402
+from addon.failover import RETRY, Failover  # noqa: E402
 from addon.pool import Choice, Pool, PoolError  # noqa: E402
 from addon.refresh import (  # noqa: E402
     DEFAULT_TOKEN_URL,
@@ -43,93 +43,12 @@ from addon.sse import SSETap  # noqa: E402
 from addon.state import Account, Credentials, Status  # noqa: E402
 from addon.statefile import DEFAULT_NAME, StateFile, StateFileError, expand  # noqa: E402
 from addon.streamnotice import StreamNotices  # noqa: E402
-from addon.tokens import mask  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
 META = "quota_router"  # flow.metadata: which account serves the flow (ids and names only)
-RETRY = "quota_router_retry"  # flow.metadata on a failover copy: the account it is pinned to
-MAX_ATTEMPTS = 3  # tries per request, the first included (fewer when the pool is smaller)
 AUTH_HOST = "auth.openai.com"
 TOKEN_PATH = "/oauth/token"
-
-
-def comment(account: Account, strategy: Strategy, note: str = "") -> str:
-    parts = [account.name, strategy.value]
-    if account.primary:
-        parts.append(f"5h {account.primary.used_percent:.0f}%")
-    if account.secondary:
-        parts.append(f"wk {account.secondary.used_percent:.0f}%")
-    if note:
-        parts.append(note)
-    return " · ".join(parts)
-
-
-def _body(response: http.Response) -> bytes:
-    """The decoded body; as sent when its content-encoding lies (never raises)."""
-    if not response.raw_content:
-        return b""  # a streamed answer keeps no body: no need to look for its encoding
-    return response.get_content(strict=False) or b""
-
-
-def _headers(headers: http.Headers) -> dict[str, str]:
-    """The headers as a plain dict with lower-case names, built in one pass: each lookup in
-    mitmproxy's Headers scans every header, and a request needs a dozen lookups."""
-    found: dict[str, str] = {}
-    for raw_name, raw_value in headers.fields:
-        name = raw_name.decode("utf-8", "surrogateescape").lower()
-        value = raw_value.decode("utf-8", "surrogateescape")
-        found[name] = f"{found[name]}, {value}" if name in found else value  # as Headers joins
-    return found
-
-
-def _set_headers(headers: http.Headers, values: dict[bytes, bytes]) -> None:
-    """`headers[name] = value` for several lower-case names in one pass (each assignment
-    would scan and rebuild every header): the first header of each name gets the new value in
-    place, later ones are dropped, missing names are appended."""
-    fields, done = [], set()
-    for name, value in headers.fields:
-        key = name.lower()
-        if key in values:
-            if key in done:
-                continue
-            done.add(key)
-            value = values[key]
-        fields.append((name, value))
-    fields.extend((key, value) for key, value in values.items() if key not in done)
-    headers.fields = tuple(fields)
-
-
-def _once(load: Callable[[], bytes]) -> Callable[[], bytes]:
-    """`load`, run on the first call only (functools.cache costs 10x more to set up)."""
-    loaded: list[bytes] = []
-
-    def get() -> bytes:
-        if not loaded:
-            loaded.append(load())
-        return loaded[0]
-
-    return get
-
-
-def _shallow(obj: Any) -> Any:
-    """copy.copy for a plain object, without copy's generic protocol (3x faster)."""
-    twin = object.__new__(type(obj))
-    twin.__dict__.update(obj.__dict__)
-    return twin
-
-
-def _snapshot(request: http.Request) -> http.Request:
-    """An independent copy of the request as it is now: Request.copy() goes through a full
-    serialisation round trip with type checks (~80 us); every field but the headers and
-    trailers is immutable, so sharing them is safe (a few us)."""
-    snapshot = _shallow(request)
-    snapshot.data = data = _shallow(request.data)
-    # A header change replaces the tuple of fields: a shallow copy is an independent one.
-    data.headers = _shallow(data.headers)
-    if data.trailers is not None:
-        data.trailers = _shallow(data.trailers)
-    return snapshot
 
 
 def _expand(value: str, option: str) -> Path:
@@ -151,10 +70,6 @@ def _is_http_url(value: str) -> bool:
     )
 
 
-def json_response(status: int, body: dict[str, Any]) -> http.Response:
-    return http.Response.make(status, json.dumps(body), {"content-type": "application/json"})
-
-
 class Router:
     def __init__(self) -> None:
         self.pool = Pool()
@@ -170,6 +85,7 @@ class Router:
         self._log_routes = False  # a log line per routed request (termlog_verbosity=debug)
         self._notices = StreamNotices()
         self._unusable: list[str] = []  # what was wrong with the options at start-up
+        self._failover = Failover(lambda: self.pool, lambda: self.strategy, self._fresh)
 
     # -- options ---------------------------------------------------------------------------
     def load(self, loader):  # type: ignore[no-untyped-def]
@@ -332,7 +248,7 @@ class Router:
         body = usage.loads(req.get_content(strict=False) or b"")
         if not isinstance(body, dict) or not placeholder.is_placeholder(body.get("refresh_token")):
             return False
-        flow.response = json_response(200, placeholder.refresh_reply(body))
+        flow.response = messages.json_response(200, placeholder.refresh_reply(body))
         flow.marked = ":key:"
         flow.comment = "quota-router renewed the client's placeholder login"
         logger.info("quota-router: renewed a client's placeholder login locally")
@@ -340,11 +256,13 @@ class Router:
 
     async def _route(self, flow: http.HTTPFlow) -> None:
         req, now = flow.request, time.time()
-        headers = _headers(req.headers)
+        headers = messages.header_dict(req.headers)
         is_websocket = headers.get("upgrade", "").lower() == "websocket"
         # Decoded (zstd, for Codex) and searched only when needed: Codex names the
         # conversation in the headers.
-        body = _once(lambda: b"" if is_websocket else (req.get_content(strict=False) or b""))
+        body = messages.once(
+            lambda: b"" if is_websocket else (req.get_content(strict=False) or b"")
+        )
         conversation = header_conversation_key(headers)
         if conversation is None:
             conversation = conversation_key(headers, routing.prompt_cache_key(body()))
@@ -383,7 +301,7 @@ class Router:
 
         account = choice.account
         if not pinned and not is_websocket:
-            self._pristine[flow.id] = _snapshot(req)
+            self._pristine[flow.id] = messages.snapshot(req)
         flow.metadata[META] = {
             "account_id": account.id,
             "account": account.name,
@@ -399,7 +317,7 @@ class Router:
         self.pool.record_route(account, now)
         if choice.reason.startswith("moved"):
             logger.warning("quota-router: conversation %s", choice.reason)
-        flow.comment = comment(account, choice.strategy, choice.reason)
+        flow.comment = choice.comment
         if self._log_routes:
             # Only asked for: a log record costs more than routing the request (mitmproxy
             # hands every record to every addon). The decision is in the flow's comment.
@@ -446,7 +364,7 @@ class Router:
         values = {b"authorization": f"Bearer {credentials.access_token}".encode()}
         if credentials.account_id:
             values[b"chatgpt-account-id"] = credentials.account_id.encode()
-        _set_headers(flow.request.headers, values)
+        messages.set_headers(flow.request.headers, values)
 
     def _answer(self, flow: http.HTTPFlow, refusal: answers.Refusal) -> None:
         flow.response = http.Response.make(
@@ -517,7 +435,7 @@ class Router:
             return
         self._mask(flow)  # sent: a long stream must not keep the token in view meanwhile
         now = time.time()
-        headers = _headers(flow.response.headers)
+        headers = messages.header_dict(flow.response.headers)
         report = usage.from_headers(headers, now)
         if report is not None:
             self.pool.record_usage(account, report, now)
@@ -550,10 +468,10 @@ class Router:
             self.pool.last_probe = 0.0  # the handshake told nothing about limits: next may probe
         try:
             self._learn(flow, account)
-            body = _body(flow.response)
+            body = messages.body(flow.response)
             reason = routing.retry_reason(flow.response.status_code, body)
             if reason is not None and pristine is not None:
-                await self._failover(flow, account, pristine, reason)
+                await self._failover.run(flow, flow.metadata[META], account, pristine, reason)
             elif reason is not None and reason.startswith("401") and RETRY not in flow.metadata:
                 # Not replayable (a WebSocket handshake): refresh now, so the client's own
                 # retry, which comes next, finds fresh tokens (or another account).
@@ -578,7 +496,7 @@ class Router:
         assert flow.response is not None
         response, now = flow.response, time.time()
         status = response.status_code
-        content = _body(response)
+        content = messages.body(response)
         if status == 429 or (status in (402, 403) and content):
             hit = (
                 usage.from_status_429(content, now)
@@ -607,72 +525,6 @@ class Router:
                 tap = SSETap(lambda event: self._learn_event(account.id, event))
                 tap.feed(content)
                 tap.feed(b"\n\n")
-
-    async def _failover(
-        self, flow: http.HTTPFlow, first: Account, pristine: http.Request, reason: str
-    ) -> None:
-        """Send the same request again, on another account (or, after a 401, the same one
-        with fresh tokens), before any byte of the failed answer reached the client."""
-        if RETRY in flow.metadata:
-            return
-        info = flow.metadata[META]
-        body = pristine.get_content(strict=False) or b""
-        movable = not routing.has_account_bound_refs(body)
-        tried = [first.id]
-        account: Account | None = first
-        attempts = min(MAX_ATTEMPTS, len(self.pool.accounts) + 1)
-        refreshed = False
-        for _ in range(attempts - 1):
-            now = time.time()
-            target: Account | None = None
-            if reason.startswith("401") and not refreshed and account is not None:
-                refreshed = True
-                if account.credentials.updated_at != info["credentials_at"] or await self._fresh(
-                    account, force=True
-                ):
-                    target = account
-            if target is None:
-                if not movable:
-                    return
-                decision = self.pool.choose(
-                    self.strategy, now, info["conversation"] or None, exclude=tried
-                )
-                if not isinstance(decision, Choice):
-                    return
-                target = decision.account
-            note = f"failover {first.name} → {target.name} after {reason}"
-            copy = await self._replay(flow, pristine, target, note)
-            target = self.pool.by_id(target.id) or target  # adopt() may have replaced it
-            if copy.response is None:
-                self.pool.record_error(target, time.time())
-                reason = "connection failed"
-            else:
-                next_reason = routing.retry_reason(copy.response.status_code, _body(copy.response))
-                if next_reason is None:
-                    flow.response = copy.response
-                    flow.marked = ":repeat:"
-                    flow.comment = comment(target, self.strategy, note)
-                    info.update(account_id=target.id, account=target.name)
-                    logger.warning("quota-router: %s", note)
-                    return
-                reason = next_reason
-                flow.response = copy.response  # the latest answer, if nothing better comes
-            tried.append(target.id)
-            account = target
-
-    async def _replay(
-        self, flow: http.HTTPFlow, pristine: http.Request, target: Account, note: str
-    ) -> http.HTTPFlow:
-        copy = flow.copy()
-        copy.request = pristine.copy()
-        copy.response = None
-        copy.error = None
-        copy.comment = note
-        copy.marked = ":repeat:"
-        copy.is_replay = "request"
-        copy.metadata = {RETRY: {"account_id": target.id, "note": note}}
-        await ReplayHandler(copy, ctx.options).replay()
-        return copy
 
     def error(self, flow: http.HTTPFlow) -> None:
         self._pristine.pop(flow.id, None)
@@ -713,7 +565,9 @@ class Router:
             return
         message.content = json.dumps(answers.reconnect_frame(account.name)).encode()
         flow.marked = ":repeat:"
-        flow.comment = comment(account, self.strategy, "limit reached: client sent elsewhere")
+        flow.comment = Choice(
+            account, self.strategy, "limit reached: client sent elsewhere"
+        ).comment
         logger.warning(
             "quota-router: %s hit its limit on a WebSocket; the client reconnects to %s",
             account.name,
@@ -730,16 +584,7 @@ class Router:
         """Keep the pooled token out of flow files, HAR exports and mitmweb once it is sent."""
         if self._unmasked.pop(flow.id, None) is None:
             return  # never given a pooled token (only _route gives one), or masked already
-        headers = flow.request.headers
-        for name, raw in headers.fields:
-            if name.lower() == b"authorization":
-                value = raw.decode("utf-8", "surrogateescape")
-                if value.startswith("Bearer ") and "…" not in value:
-                    masked = "Bearer " + mask(value[7:])
-                    _set_headers(
-                        headers, {b"authorization": masked.encode("utf-8", "surrogateescape")}
-                    )
-                return
+        messages.mask_bearer(flow.request.headers)
 
     def snapshot(self) -> dict[str, Any]:
         """Everything the dashboard shows; never a secret."""

@@ -47,6 +47,15 @@ def test_choose_returns_the_fill_first_pick(make_account: AccountFactory, now: f
     assert (choice.account.name, choice.strategy) == ("A", FILL)
 
 
+def test_a_choice_reads_as_the_flows_comment(make_account: AccountFactory) -> None:
+    both = make_account("work", primary=12.4, secondary=3)
+    assert Choice(both, FILL).comment == "work · fill_first · 5h 12% · wk 3%"
+    assert (
+        Choice(make_account("new"), Strategy.CAPACITY_WEIGHTED, "affinity").comment
+        == "new · capacity_weighted · affinity"
+    )
+
+
 def test_choose_refuses_when_every_account_is_paused(
     make_account: AccountFactory, now: float
 ) -> None:
