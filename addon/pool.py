@@ -204,8 +204,20 @@ class Pool:
 
     def choose_any(self, strategy: Strategy, now: float, key: str | None = None) -> Choice | None:
         """For calls that use no model quota (models list, accounts/check, plugins): the
-        account the key's conversations use, else what `choose` picks, else, when every account
-        is limited, any account with a working login (these calls do not need quota)."""
+        account the key's conversations use while its login works and it is not backing off
+        (limits do not matter here), else what `choose` picks, else, when every account is
+        limited, any account with a working login.
+
+        Only a key nobody holds yet is given to the account picked: these calls come before
+        and between a conversation's turns, and moving the conversation is for its next model
+        request to decide (one that refers to its account's state must not move)."""
+        owner = self.owner(key, now)
+        if owner is not None and key is not None:
+            backing_off = owner.backoff is not None and owner.backoff.until > now
+            if owner.status is Status.ACTIVE and not backing_off:
+                self._set_owner(key, owner, now)
+                return Choice(owner, strategy, "affinity")
+            key = None  # held by an account that cannot serve: serve elsewhere, keep the holder
         decision = self.choose(strategy, now, key, probe=False)
         if isinstance(decision, Choice):
             return decision

@@ -169,6 +169,46 @@ def test_account_bound_requests_are_not_sent_to_another_account(tmp_path: Path) 
         assert served_by(env) == []
 
 
+def test_calls_between_turns_leave_a_bound_conversation_on_its_account(tmp_path: Path) -> None:
+    """Codex sends the models list, accounts/check and more with the conversation's id before
+    each turn: served elsewhere while its account is paused, they must not take the
+    conversation along, or its next turn (which refers to the paused account's state) would
+    go to an account that cannot use it."""
+    from tests.e2e.harness import https_request, responses_request
+
+    models = "/backend-api/codex/models"
+    with pool_env(tmp_path, [Spec("a", primary=50), Spec("b", primary=10)]) as env:
+        assert env.turn(session="thread-7").status == 200
+        assert cli(env.state, "pause", "a").returncode == 0
+        side = env.headers(**{"session-id": "thread-7"})
+        deadline = time.monotonic() + 10
+        while True:  # until the proxy has taken the pause in
+            env.fake.clear_log()
+            assert (
+                env.get(f"https://chatgpt.com{models}?client_version=0.171.0", side).status == 200
+            )
+            served = [r.account_id for r in env.fake.requests_for(models)]
+            if served == ["acct-b"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert served == ["acct-b"]
+        body = responses_request() | {"previous_response_id": "resp_123"}
+        headers = env.headers(**{"session-id": "thread-7", "accept": "text/event-stream"})
+        result = https_request(
+            env.proxy.port,
+            env.proxy.ca_path,
+            "POST",
+            "https://chatgpt.com" + RESPONSES,
+            headers=headers,
+            body=body,
+            zstd=True,
+        )
+        assert result.status == 409
+        assert result.json()["error"]["code"] == "conversation_bound"
+        assert "'a'" in result.json()["error"]["message"]
+        assert served_by(env) == []
+
+
 def test_a_failover_is_visible_in_the_flows(tmp_path: Path) -> None:
     from mitmproxy import io
 

@@ -56,6 +56,36 @@ def test_a_choice_reads_as_the_flows_comment(make_account: AccountFactory) -> No
     )
 
 
+@pytest.mark.parametrize("why", ["paused", "limited", "backing off"])
+def test_calls_without_quota_never_move_a_conversation(
+    make_account: AccountFactory, now: float, why: str
+) -> None:
+    a, b = make_account("A", primary=30), make_account("B", primary=5)
+    pool = pool_of(a, b)
+    assert chosen_name(pool, now) == "A"
+    pool.choose(FILL, now, "thread-7")
+    if why == "paused":
+        pool.pause("A")
+    elif why == "limited":
+        pool.record_limit(a, LimitHit("usage_limit_reached", int(now) + 600), now)
+    else:
+        pool.record_error(a, now)
+    side = pool.choose_any(FILL, now, "thread-7")
+    assert side is not None
+    # A limit does not stop a call that spends no quota; a pause or a backoff does, and the
+    # call goes elsewhere without taking the conversation along: its next turn decides.
+    assert side.account.name == ("A" if why == "limited" else "B")
+    assert pool.owner("thread-7", now) is a
+
+
+def test_calls_without_quota_give_a_new_conversation_its_account(
+    make_account: AccountFactory, now: float
+) -> None:
+    pool = pool_of(make_account("A", primary=30), make_account("B", primary=5))
+    side = pool.choose_any(FILL, now, "thread-new")
+    assert side is not None and pool.owner("thread-new", now) is side.account
+
+
 def test_choose_refuses_when_every_account_is_paused(
     make_account: AccountFactory, now: float
 ) -> None:
