@@ -204,28 +204,27 @@ class Pool:
 
     def choose_any(self, strategy: Strategy, now: float, key: str | None = None) -> Choice | None:
         """For calls that use no model quota (models list, accounts/check, plugins): the
-        account the key's conversations use while its login works and it is not backing off
-        (limits do not matter here), else what `choose` picks, else, when every account is
-        limited, any account with a working login.
+        account that holds the key while it is eligible, else what `choose` picks, else, when
+        no account is eligible, the holder or another account with a working login (these
+        calls need no quota).
 
         Only a key nobody holds yet is given to the account picked: these calls come before
         and between a conversation's turns, and moving the conversation is for its next model
         request to decide (one that refers to its account's state must not move)."""
         owner = self.owner(key, now)
-        if owner is not None and key is not None:
-            backing_off = owner.backoff is not None and owner.backoff.until > now
-            if owner.status is Status.ACTIVE and not backing_off:
-                self._set_owner(key, owner, now)
-                return Choice(owner, strategy, "affinity")
-            key = None  # held by an account that cannot serve: serve elsewhere, keep the holder
-        decision = self.choose(strategy, now, key, probe=False)
+        if owner is not None and selection.skip_reason(owner, now) is None:
+            self._set_owner(key, owner, now)  # type: ignore[arg-type]  # an owner has a key
+            return Choice(owner, strategy, "affinity")
+        decision = self.choose(strategy, now, key if owner is None else None, probe=False)
         if isinstance(decision, Choice):
             return decision
+        if owner is not None and owner.status is Status.ACTIVE:
+            return Choice(owner, Strategy.FILL_FIRST, "not a model request")
         usable = [a for a in self.accounts if a.status is Status.ACTIVE]
         if not usable:
             return None
         account = min(usable, key=lambda a: selection.fill_first_key(a, now))
-        if key is not None:
+        if key is not None and owner is None:
             self._set_owner(key, account, now)
         return Choice(account, Strategy.FILL_FIRST, "not a model request")
 

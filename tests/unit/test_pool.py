@@ -71,10 +71,21 @@ def test_calls_without_quota_never_move_a_conversation(
     else:
         pool.record_error(a, now)
     side = pool.choose_any(FILL, now, "thread-7")
-    assert side is not None
-    # A limit does not stop a call that spends no quota; a pause or a backoff does, and the
-    # call goes elsewhere without taking the conversation along: its next turn decides.
-    assert side.account.name == ("A" if why == "limited" else "B")
+    # Served elsewhere, without taking the conversation along: its next turn decides.
+    assert side is not None and side.account is b
+    assert pool.owner("thread-7", now) is a
+
+
+def test_calls_without_quota_stay_with_a_limited_holder_when_nothing_is_eligible(
+    make_account: AccountFactory, now: float
+) -> None:
+    a, b = make_account("A", primary=30), make_account("B", primary=5)
+    pool = pool_of(a, b)
+    pool.choose(FILL, now, "thread-7")
+    for account in (a, b):
+        pool.record_limit(account, LimitHit("usage_limit_reached", int(now) + 600), now)
+    side = pool.choose_any(FILL, now, "thread-7")
+    assert side is not None and side.account is a  # no quota needed: the holder's login works
     assert pool.owner("thread-7", now) is a
 
 
