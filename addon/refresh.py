@@ -177,7 +177,7 @@ def refresh_persisted(
     """
     with file.locked():
         try:
-            disk = file.read()
+            disk = file.read_settled()
         except StateFileError:
             disk = None  # unreadable now: refresh anyway, the saver persists it later
         account = next((a for a in disk.accounts if a.id == account_id), None) if disk else None

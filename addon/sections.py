@@ -28,15 +28,16 @@ KINDS = {"accounts": Account, "conversations": Conversation}
 _HEADER = re.compile(rb"^\[\[(accounts|conversations)\]\]$", re.MULTILINE)
 
 
-def split(raw: bytes | mmap.mmap) -> tuple[bytes, list[bytes], set[str]]:
-    """The text before the first section header line, each section, and their kinds. A
-    section starts at the newline before its header line (the blank line synccache.section
-    writes first). Slices of an mmap are bytes."""
-    found = [(max(0, m.start() - 1), m[1]) for m in _HEADER.finditer(raw)]
+def split(raw: bytes | mmap.mmap, end: int | None = None) -> tuple[bytes, list[bytes], set[str]]:
+    """The text before the first section header line, each section, and their kinds, up to
+    `end` (the file's closing line starts there). A section starts at the newline before its
+    header line (the blank line synccache.section writes first). Slices of an mmap are bytes."""
+    end = len(raw) if end is None else end
+    found = [(max(0, m.start() - 1), m[1]) for m in _HEADER.finditer(raw, 0, end)]
     if not found:
-        return raw[:], [], set()
+        return raw[:end], [], set()
     starts = [start for start, _kind in found]
-    ends = [*starts[1:], len(raw)]
+    ends = [*starts[1:], end]
     kinds = {kind.decode() for _start, kind in found}
     return raw[: starts[0]], [raw[a:b] for a, b in zip(starts, ends, strict=True)], kinds
 
@@ -50,10 +51,12 @@ def _load(chunk: bytes) -> dict[str, Any] | None:
         return None
 
 
-def parse_reusing(raw: bytes | mmap.mmap, reuse: Mapping[bytes, Any]) -> State | None:
-    """statefile.parse of `raw`, with the objects of `reuse` (by their exact section text) in
-    place of the sections holding that text; None: parse the whole text instead."""
-    head, sections, kinds = split(raw)
+def parse_reusing(
+    raw: bytes | mmap.mmap, reuse: Mapping[bytes, Any], end: int | None = None
+) -> State | None:
+    """statefile.parse of `raw[:end]`, with the objects of `reuse` (by their exact section
+    text) in place of the sections holding that text; None: parse the whole text instead."""
+    head, sections, kinds = split(raw, end)
     data = _load(head)
     if data is None:
         return None

@@ -37,6 +37,14 @@ HEADER = (
     "# quota-router state file. It holds live credentials: keep it private (mode 0600).\n"
     "# The proxy rewrites this file; edit it only while the proxy is stopped, or use the CLI.\n"
 )
+# Every writer of ours ends the file with this line. Another program writing the file in place
+# (`cp backup state.toml`, an editor) leaves it cut short for a moment, and a cut between two
+# accounts is valid TOML: taken in, it would drop the accounts after the cut, and the proxy's
+# next save would make that final. So a changed file without this line is taken in only once it
+# has stopped changing for SETTLE seconds (a file written by hand, without the line).
+FOOTER = "# end of the state file: the proxy takes a changed file in once it ends with this line\n"
+_FOOTER_MARK = FOOTER.rstrip().encode()
+SETTLE = 3.0
 LOCK_TIMEOUT = 15.0
 # Temp files are `.<name>.<pid>.<hex>`; this matches the part after `.<name>.`.
 _TEMP_SUFFIX = re.compile(r"\d+\.[0-9a-f]{8,32}")
@@ -145,7 +153,24 @@ def _validate(data: object) -> State:
 
 
 def dumps(state: State) -> str:
-    return HEADER + tomli_w.dumps(state.model_dump(mode="json", exclude_none=True))
+    return HEADER + tomli_w.dumps(state.model_dump(mode="json", exclude_none=True)) + FOOTER
+
+
+def _body_end(raw: bytes | mmap.mmap) -> int | None:
+    """Where the closing line starts when the file ends with it (blanks after it aside)."""
+    tail = bytes(raw[-(len(_FOOTER_MARK) + 64) :])
+    kept = tail.rstrip()
+    if not kept.endswith(_FOOTER_MARK):
+        return None
+    return len(raw) - len(tail) + len(kept) - len(_FOOTER_MARK)
+
+
+def _being_written(raw: bytes | mmap.mmap, current: Fingerprint | None) -> bool:
+    """A file without the closing line that changed less than SETTLE seconds ago: another
+    program may be writing it in place (a clock far off either way counts as long ago)."""
+    if current is None or _body_end(raw) is not None:
+        return False
+    return abs(time.time() - current.mtime_ns / 1e9) < SETTLE
 
 
 # Pieces are joined into writes of about this size: few system calls, and no single step that
@@ -189,6 +214,27 @@ class StateFile:
         text = self._read_text()
         return None if text is None else parse(text, self.path)
 
+    def read_settled(self) -> State | None:
+        """read(), after another program's write in progress (see FOOTER): a file without
+        the closing line is taken once it has not changed for a tenth of a second (for up to
+        SETTLE seconds). For writers: what they write back must be the whole file."""
+        deadline = time.monotonic() + SETTLE
+        while True:
+            before = fingerprint(self.path)
+            raw = self._read_bytes()
+            if raw is None:
+                return None
+            if _body_end(raw) is None:
+                time.sleep(0.1)
+                if fingerprint(self.path) != before:
+                    if time.monotonic() < deadline:
+                        continue
+                    raise StateFileError(
+                        f"{self.path}: another program keeps writing the file; try again once "
+                        "it is done"
+                    )
+            return parse(self._decode(raw), self.path)
+
     def _read_bytes(self) -> bytes | mmap.mmap | None:
         """The file's bytes; a large one in READ_STEP reads into anonymous memory (no copy of
         the whole afterwards: that would hold the GIL). Slices of either are bytes."""
@@ -224,7 +270,7 @@ class StateFile:
         """Another writer's file, read section by section: what this process wrote and is
         unchanged comes back as the very objects it wrote (see sections.py)."""
         reuse = self._cache.texts(known) if known is not None else {}
-        state = sections.parse_reusing(raw, reuse)
+        state = sections.parse_reusing(raw, reuse, _body_end(raw))
         return state if state is not None else parse(self._decode(raw), self.path)
 
     def load(self) -> State:
@@ -359,7 +405,7 @@ class StateFile:
     def edit(self, change: Callable[[State], None]) -> State:
         """Read, change and write the file under the lock (the CLI's way). Missing -> created."""
         with self.locked():
-            state = self.read() or State()
+            state = self.read_settled() or State()
             change(state)
             state = State.model_validate(state.model_dump())
             self._write(state)
@@ -397,6 +443,12 @@ class StateFile:
                         f"{self.path}: the file is empty; not taken in (remove accounts with "
                         "the CLI, not by emptying the file)"
                     )
+                if raw is not None and self._known is not None and _being_written(raw, current):
+                    raise StateFileError(
+                        f"{self.path}: another program is writing the file (it changed moments "
+                        "ago and does not end with its closing line yet); taken in once it "
+                        f"does, or once it has not changed for {SETTLE:.0f} s"
+                    )
                 if current is None and self._known is not None:
                     theirs = self._known[1]  # deleted under us: write ours back
                 else:
@@ -414,7 +466,7 @@ class StateFile:
                     merge_list=cache.merge_list,
                     merge_table=cache.merge_table,
                 )
-                self._write(merged, cache.pieces(merged, HEADER))
+                self._write(merged, cache.pieces(merged, HEADER, FOOTER))
             except BaseException:
                 cache.discard()
                 raise

@@ -351,7 +351,7 @@ class SyncCache:
         }
 
     # -- writing ---------------------------------------------------------------------------
-    def pieces(self, state: State, header: str) -> list[bytes]:
+    def pieces(self, state: State, header: str, footer: str = "") -> list[bytes]:
         """The file's bytes in pieces (joined, exactly statefile.dumps(state) when no array
         is short enough for tomli_w to write inline; otherwise the same TOML data)."""
         head: dict[str, Any] = {"version": state.version}
@@ -377,4 +377,6 @@ class SyncCache:
                 self._alive[id(item)] = item
                 missing, start = missing - 1, i + 1
             pieces.extend(known)
+        if footer:
+            pieces.append(footer.encode())
         return pieces

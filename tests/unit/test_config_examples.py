@@ -15,14 +15,16 @@ from mitmproxy.options import Options
 from mitmproxy.tools.web.webaddons import WebAddon
 
 from addon.state import Status
-from addon.statefile import parse
+from addon.statefile import FOOTER, parse
 
 CONFIG = Path(__file__).resolve().parents[2] / "config"
 
 
 def test_example_state_file_loads_with_the_state_files_parser() -> None:
     path = CONFIG / "router-state.example.toml"
-    state = parse(path.read_text(encoding="utf-8"), path)
+    text = path.read_text(encoding="utf-8")
+    state = parse(text, path)
+    assert text.endswith(FOOTER)  # as every writer ends it: taken in at once when copied in
     work, spare = state.accounts
     assert (work.name, work.status, work.max_primary_percent) == ("work", Status.ACTIVE, 80.0)
     assert work.primary is not None and work.secondary is not None

@@ -335,7 +335,7 @@ def test_live_option_changes_are_validated(router: Fixture) -> None:
 def test_start_up_saves_and_settles_before_any_traffic(router: Fixture, tmp_path: Path) -> None:
     addon, _ = router
     path = tmp_path / "state.toml"
-    path.write_text(path.read_text() + "# a hand-made comment\n")
+    path.write_text("# a hand-made comment\n" + path.read_text())
     assert addon.file is not None
 
     async def live() -> object:

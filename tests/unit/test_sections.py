@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from addon.sections import parse_reusing, split
 from addon.state import Conversation, State, Status
-from addon.statefile import StateFile, StateFileError, dumps, parse
+from addon.statefile import FOOTER, HEADER, StateFile, StateFileError, dumps, parse
 from addon.synccache import SyncCache
 from tests.unit.conftest import NOW, build_account
 
@@ -46,6 +46,20 @@ def test_sections_start_at_the_blank_line_before_their_header() -> None:
     assert head + b"".join(sections) == raw and kinds == {"accounts", "conversations"}
     assert [s.split(b"\n")[1] for s in sections] == [b"[[accounts]]"] * 2 + [b"[[conversations]]"]
     assert split(b"version = 1\n") == (b"version = 1\n", [], set())
+
+
+def test_the_closing_line_is_not_part_of_the_last_section() -> None:
+    state = sample(2, 2)
+    cache = SyncCache()
+    raw = b"".join(cache.pieces(state, HEADER, FOOTER))
+    cache.commit(state)
+    end = len(raw) - len(FOOTER)
+    assert raw[end:] == FOOTER.encode()
+    _head, sections, _kinds = split(raw, end)
+    assert FOOTER.encode() not in sections[-1]
+    read = parse_reusing(raw, cache.texts(state), end)
+    assert read == state and read is not None
+    assert read.conversations[-1] is state.conversations[-1]
 
 
 def test_unchanged_sections_come_back_as_the_objects_written() -> None:

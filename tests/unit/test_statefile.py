@@ -20,7 +20,15 @@ from addon import statefile
 from addon.pool import Choice, Pool
 from addon.selection import Strategy
 from addon.state import Account, Block, Credentials, Plan, State, Status, Window
-from addon.statefile import HEADER, StateFile, StateFileError, default_path, dumps, parse
+from addon.statefile import (
+    FOOTER,
+    HEADER,
+    StateFile,
+    StateFileError,
+    default_path,
+    dumps,
+    parse,
+)
 from addon.usage import LimitHit, UsageReport, WindowReport
 
 ACCESS = "eyJhbGciOiJub25lIn0.eyJzZWNyZXQiOiJ0b2tlbiJ9.c2VjcmV0LXNpZ25hdHVyZQ"
@@ -616,6 +624,67 @@ def test_a_large_file_emptied_in_place_is_not_taken_in(
     with pytest.raises(StateFileError, match="the file is empty; not taken in"):
         proxy.save()
     assert state_path.read_text() == " \n" * 200
+
+
+def cut_after_first_account(text: str) -> str:
+    """The file as an in-place writer (`cp backup state.toml`) may have left it so far: cut
+    between two accounts, which is valid TOML that holds only the first one."""
+    second = text.index("[[accounts]]", text.index("[[accounts]]") + 1)
+    cut = text[: text.rindex("\n", 0, second) + 1]
+    assert [a.name for a in parse(cut, Path("cut.toml")).accounts] == ["a"]
+    return cut
+
+
+def test_a_file_cut_short_by_an_in_place_writer_is_not_taken_in(state_path: Path) -> None:
+    whole = write_state(state_path, *accounts("a", "b", "c")).decode()
+    proxy = Proxy(state_path)
+    cut = cut_after_first_account(whole)
+    state_path.write_text(cut)
+    with pytest.raises(StateFileError, match="another program is writing the file"):
+        proxy.save()
+    assert state_path.read_text() == cut  # left alone: the writer's next bytes still land
+    assert [a.name for a in proxy.pool.accounts] == ["a", "b", "c"]
+    proxy.route("a")
+    state_path.write_text(whole)  # the writer is done
+    assert proxy.save() is True
+    assert sorted(on_disk(state_path)) == ["a", "b", "c"]
+    assert on_disk(state_path)["a"].requests == 1
+
+
+def test_a_changed_file_without_the_closing_line_is_taken_in_once_it_settles(
+    state_path: Path,
+) -> None:
+    """A file edited by hand, the closing line left out: taken in SETTLE seconds after its
+    last change."""
+    whole = write_state(state_path, *accounts("a", "b", "c")).decode()
+    proxy = Proxy(state_path)
+    state_path.write_text(cut_after_first_account(whole))  # b and c removed by hand
+    past = time.time() - statefile.SETTLE - 1
+    os.utime(state_path, (past, past))
+    assert proxy.save() is True
+    assert list(on_disk(state_path)) == ["a"] == [a.name for a in proxy.pool.accounts]
+    assert state_path.read_text().endswith(FOOTER)
+
+
+def test_the_cli_waits_for_a_file_being_written_in_place(
+    state_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole = write_state(state_path, *accounts("a", "b", "c"))
+    cut = cut_after_first_account(whole.decode()).encode()
+    with state_path.open("r+b") as writer:  # in place, as cp does: truncate, write, write
+        writer.truncate(0)
+        writer.write(cut)
+        writer.flush()
+        sleep = time.sleep
+
+        def meanwhile(seconds: float) -> None:  # the other program writes the rest
+            writer.write(whole[len(cut) :])
+            writer.flush()
+            sleep(seconds)
+
+        monkeypatch.setattr(statefile.time, "sleep", meanwhile)
+        StateFile(state_path).edit(lambda state: state.accounts.append(account("d")))
+    assert sorted(on_disk(state_path)) == ["a", "b", "c", "d"]
 
 
 @pytest.mark.parametrize("grows", [True, False], ids=["grows", "shrinks"])

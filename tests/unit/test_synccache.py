@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from addon.merge import merge
 from addon.pool import Pool
 from addon.state import Block, Conversation, Credentials, State, Status
-from addon.statefile import HEADER, StateFile, dumps, parse
+from addon.statefile import FOOTER, HEADER, StateFile, dumps, parse
 from addon.synccache import SyncCache, _plain_section, _tomli_w_section, section
 from addon.usage import LimitHit, UsageReport, WindowReport
 from tests.unit.conftest import NOW, build_account
@@ -34,8 +34,8 @@ def test_pieces_are_the_bytes_dumps_writes() -> None:
             for i in range(7)
         ],
     )
-    assert b"".join(SyncCache().pieces(state, HEADER)).decode() == dumps(state)
-    assert b"".join(SyncCache().pieces(State(), HEADER)).decode() == dumps(State())
+    assert b"".join(SyncCache().pieces(state, HEADER, FOOTER)).decode() == dumps(state)
+    assert b"".join(SyncCache().pieces(State(), HEADER, FOOTER)).decode() == dumps(State())
 
 
 def test_short_entries_are_written_as_sections_with_the_same_data() -> None:
@@ -43,7 +43,7 @@ def test_short_entries_are_written_as_sections_with_the_same_data() -> None:
     state = State(
         accounts=[account], conversations=[Conversation(key="k", account_id="i", seen_at=1.0)]
     )
-    text = b"".join(SyncCache().pieces(state, HEADER)).decode()
+    text = b"".join(SyncCache().pieces(state, HEADER, FOOTER)).decode()
     assert "[[conversations]]" in text  # tomli_w would have written this one inline
     assert parse(text, Path("x")) == state
 
