@@ -201,7 +201,6 @@ def _read_in_steps(f: BinaryIO, size: int) -> mmap.mmap | None:
 class StateFile:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.lock_path = path.with_name(path.name + ".lock")
         # What this process last read or wrote, to skip re-reading an unchanged file.
         self._known: tuple[Fingerprint, State] | None = None
         # What sync() merged and wrote last: the next sync redoes only what changed.
@@ -300,19 +299,25 @@ class StateFile:
             return False
 
     # -- writing ---------------------------------------------------------------------------
+    @property
+    def lock_path(self) -> Path:
+        """`<file>.lock` beside the file the path leads to: a proxy given a symlink and the
+        CLI given its target (or another link to it) take the same lock."""
+        target = Path(os.path.realpath(self.path))
+        return target.with_name(target.name + ".lock")
+
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         if fcntl is None:
             yield
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock_path = self.lock_path
+        lock_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as e:
             # Named: "cannot write" with the state file's name would send the user elsewhere.
-            raise StateFileError(
-                f"{self.lock_path}: cannot open the lock file: {e.strerror}"
-            ) from None
+            raise StateFileError(f"{lock_path}: cannot open the lock file: {e.strerror}") from None
         try:
             deadline = time.monotonic() + LOCK_TIMEOUT
             while True:
@@ -323,7 +328,7 @@ class StateFile:
                     if time.monotonic() > deadline:
                         raise StateFileError(
                             f"{self.path}: another process has held its lock for "
-                            f"{LOCK_TIMEOUT:.0f} s ({self.lock_path})"
+                            f"{LOCK_TIMEOUT:.0f} s ({lock_path})"
                         ) from None
                     time.sleep(0.01)
             yield

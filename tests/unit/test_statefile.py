@@ -403,6 +403,22 @@ def test_a_symlinked_state_file_is_written_where_it_points(tmp_path: Path) -> No
     assert not [p for p in target.parent.iterdir() if p.name.startswith(".")]  # no temp left
 
 
+def test_a_symlink_and_its_target_take_one_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The proxy given the link, the CLI given the target: one lock, or the CLI's import
+    and the proxy's save could each read the file before the other wrote it."""
+    target = tmp_path / "synced" / "router-state.toml"
+    write_state(target, account("work"))
+    link = tmp_path / "router-state.toml"
+    link.symlink_to(target)
+    assert StateFile(link).lock_path == StateFile(target).lock_path
+    monkeypatch.setattr(statefile, "LOCK_TIMEOUT", 0.05)
+    with StateFile(target).locked(), pytest.raises(StateFileError, match="held its lock"):
+        StateFile(link).edit(lambda state: state.accounts.clear())
+    assert [a.name for a in StateFile(target).load().accounts] == ["work"]
+
+
 def test_a_lock_file_that_cannot_be_opened_is_named(state_path: Path) -> None:
     write_state(state_path, account("work"))
     lock = state_path.with_name(state_path.name + ".lock")
