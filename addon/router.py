@@ -22,6 +22,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from mitmproxy import command, connection, ctx, exceptions, http  # noqa: E402
+from mitmproxy.flow import Error  # noqa: E402
 
 from addon import answers, deferred, heap, messages, placeholder, routing, usage  # noqa: E402
 from addon.affinity import client_key, conversation_key, header_conversation_key  # noqa: E402
@@ -49,6 +50,10 @@ logger = logging.getLogger(__name__)
 META = "quota_router"  # flow.metadata: which account serves the flow (ids and names only)
 AUTH_HOST = "auth.openai.com"
 TOKEN_PATH = "/oauth/token"
+# How mitmproxy words a flow the client ended, or someone killed, before its answer: no fault
+# of the account (Codex gives up on side calls that wait for a slow token refresh). mitmproxy
+# also words an HTTP/2 reset by the server "stream reset by client": not counted either.
+NOT_UPSTREAMS_FAULT = ("Client disconnected", "stream reset by client", Error.KILLED_MESSAGE)
 
 
 def _expand(value: str, option: str) -> Path:
@@ -86,6 +91,9 @@ class Router:
         self._notices = StreamNotices()
         self._unusable: list[str] = []  # what was wrong with the options at start-up
         self._failover = Failover(lambda: self.pool, lambda: self.strategy, self._fresh)
+        # The last failed refresh per account said (logged) and counted (as an error).
+        self._told: dict[str, RefreshFailed] = {}
+        self._counted: dict[str, RefreshFailed] = {}
 
     # -- options ---------------------------------------------------------------------------
     def load(self, loader):  # type: ignore[no-untyped-def]
@@ -389,15 +397,23 @@ class Router:
         if isinstance(result, Refreshed):
             return True
         account = self.pool.by_id(account.id) or account  # adopt() may have replaced it
+        # Every request waiting for one refresh gets its result: one failure, said and
+        # counted once.
+        first = self._told.get(account.id) is not result
+        self._told[account.id] = result
         if result.permanent:
             self.pool.mark(account, Status.REAUTH_REQUIRED, result.reason)
-            logger.error("quota-router: %s needs a new login (%s)", account.name, result.reason)
+            if first:
+                logger.error("quota-router: %s needs a new login (%s)", account.name, result.reason)
             return False
-        logger.warning("quota-router: %s: %s", account.name, result.reason)
+        if first:
+            logger.warning("quota-router: %s: %s", account.name, result.reason)
         expires = account.credentials.expires_at
         if not force and expires is not None and expires > now + 5:
             return True  # the old token still works for a little while
-        self.pool.record_error(account, now)
+        if self._counted.get(account.id) is not result:
+            self._counted[account.id] = result
+            self.pool.record_error(account, now)
         return False
 
     async def _refresh(
@@ -529,7 +545,12 @@ class Router:
     def error(self, flow: http.HTTPFlow) -> None:
         self._pristine.pop(flow.id, None)
         account = self._account(flow)
-        if account is not None and flow.response is None:
+        cause = flow.error.msg if flow.error else ""
+        if (
+            account is not None
+            and flow.response is None
+            and not cause.startswith(NOT_UPSTREAMS_FAULT)
+        ):
             self.pool.record_error(account, time.time())
         self._mask(flow)
 

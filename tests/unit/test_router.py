@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 from mitmproxy import exceptions, http
 from mitmproxy.addons import termlog
+from mitmproxy.flow import Error
 from mitmproxy.test import taddons, tflow, tutils
 from mitmproxy.websocket import WebSocketData, WebSocketMessage
 from wsproto.frame_protocol import Opcode
 
 from addon import placeholder
+from addon.refresh import RefreshFailed
 from addon.router import Router
 from addon.state import Account, Credentials, State, Window
 from addon.statefile import StateFile
@@ -397,3 +399,54 @@ def test_steering_commands_apply_at_once(router: Fixture) -> None:
         tctx.command(addon.steer, "a", "0", "lots", "100")
     with pytest.raises(exceptions.CommandError, match="less than or equal to 100"):
         tctx.command(addon.steer, "a", "0", "180", "100")
+
+
+@pytest.mark.parametrize(
+    ("cause", "counted"),
+    [
+        ("Client disconnected.", False),
+        ("stream reset by client (CANCEL)", False),
+        ("Connection killed.", False),
+        ("Server disconnected.", True),
+        ("[Errno 111] Connection refused", True),
+    ],
+)
+def test_only_a_failure_upstream_counts_against_the_account(
+    router: Fixture, cause: str, counted: bool
+) -> None:
+    """Codex gives up on calls that wait (for a slow token refresh, say): that says nothing
+    of the account, and must not send a healthy account into backoff."""
+    addon, _ = router
+    flow = codex_flow()
+    run(addon.request(flow))
+    flow.error = Error(cause)
+    addon.error(flow)
+    backoff = addon.pool.get("a").backoff
+    assert (backoff is not None) is counted
+    assert flow.request.headers["authorization"].startswith("Bearer …")  # masked either way
+
+
+def test_one_failed_refresh_is_one_error_and_one_line_however_many_wait(
+    router: Fixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    addon, _ = router
+    account = addon.pool.get("a")
+    account.credentials = account.credentials.model_copy(
+        update={"expires_at": 1, "refresh_token": "rt-a"}
+    )
+
+    async def failing(account_id: str, credentials: Credentials) -> RefreshFailed:
+        await asyncio.sleep(0.05)
+        return RefreshFailed(False, "token refresh failed (HTTP 503)")
+
+    addon.refresher.call = failing
+
+    async def five_requests() -> list[bool]:
+        return await asyncio.gather(*(addon._fresh(account) for _ in range(5)))
+
+    with caplog.at_level(logging.WARNING):
+        assert run(five_requests()) == [False] * 5
+    assert account.backoff is not None and account.backoff.errors == 1
+    assert [r.getMessage() for r in caplog.records].count(
+        "quota-router: a: token refresh failed (HTTP 503)"
+    ) == 1
