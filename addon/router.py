@@ -181,6 +181,7 @@ class Router:
         self.saver = Saver(self.pool, file, after_first_save=heap.settle)
         if self._task is not None:
             self._restart_saver()
+            self._announce(live=True)
 
     def running(self) -> None:
         if self.file is None:
@@ -198,17 +199,34 @@ class Router:
             self.saver.prime()
         heap.settle(collect=True)
         self._restart_saver()
-        if self.pool.accounts:
-            logger.info(
-                "quota-router ready: %d account(s), strategy %s, state %s",
-                len(self.pool.accounts),
-                self.strategy.value,
-                self.file.path,
-            )
+        self._announce()
+
+    def _announce(self, live: bool = False) -> None:
+        """The ready line; after a live change of state file, which file and what it holds
+        (a mistyped path must not turn routing off unseen)."""
+        assert self.file is not None
+        count, path = len(self.pool.accounts), self.file.path
+        if not live:
+            if count:
+                logger.info(
+                    "quota-router ready: %d account(s), strategy %s, state %s",
+                    count,
+                    self.strategy.value,
+                    path,
+                )
+            else:
+                logger.info(
+                    "quota-router ready: no accounts in %s, passing all traffic through untouched",
+                    path,
+                )
+        elif count:
+            logger.info("quota-router now uses %s: %d account(s)", path, count)
         else:
-            logger.info(
-                "quota-router ready: no accounts in %s, passing all traffic through untouched",
-                self.file.path,
+            logger.warning(
+                "quota-router now uses %s: no accounts in it (%s), passing all traffic through "
+                "untouched",
+                path,
+                "no such file" if not path.exists() else "empty pool",
             )
 
     def _restart_saver(self) -> None:

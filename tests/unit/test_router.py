@@ -334,6 +334,34 @@ def test_live_option_changes_are_validated(router: Fixture) -> None:
     run(live())
 
 
+def test_a_live_switch_of_state_file_says_what_it_now_uses(
+    router: Fixture, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A mistyped path in mitmweb's options turns routing off: it must be seen."""
+    addon, tctx = router
+    typo, good = tmp_path / "stat.toml", tmp_path / "state.toml"
+
+    async def live() -> None:
+        addon.running()
+        try:
+            with caplog.at_level(logging.INFO):
+                tctx.configure(addon, router_state=str(typo))
+                tctx.configure(addon, router_state=str(good))
+        finally:
+            addon.done()
+
+    run(live())
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if "now uses" in r.getMessage()]
+    assert said == [
+        (
+            "WARNING",
+            f"quota-router now uses {typo}: no accounts in it (no such file), passing all "
+            "traffic through untouched",
+        ),
+        ("INFO", f"quota-router now uses {good}: 2 account(s)"),
+    ]
+
+
 def test_start_up_saves_and_settles_before_any_traffic(router: Fixture, tmp_path: Path) -> None:
     addon, _ = router
     path = tmp_path / "state.toml"
