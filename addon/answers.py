@@ -48,6 +48,28 @@ def conversation_stuck(account: str, why: str) -> Refusal:
     return Refusal(409, body, message)
 
 
+def accounts_check_for_the_client(client_account_id: str, refusal: Refusal) -> Refusal:
+    """accounts/check answered for the client itself when no pooled account can make the call
+    (all paused, all needing a new login): Codex fails a refused check with "workspace routing
+    discovery failed", where it would show the turn's refusal, which says what to do."""
+    entry = {
+        "id": client_account_id,
+        "account_id": client_account_id,
+        "name": None,
+        "plan_type": "unknown",
+        "structure": "personal",
+        "profile_picture_url": None,
+        "workspace_backend_origin": "NO_CONSTRAINT",
+        "account_routing_override": "NO_CONSTRAINT",
+    }
+    body = {
+        "accounts": [entry],
+        "account_ordering": [client_account_id],
+        "default_account_id": client_account_id,
+    }
+    return Refusal(200, body, f"{refusal.reason} (accounts/check answered for the client)")
+
+
 def reconnect_frame(account: str) -> dict[str, object]:
     """A WebSocket error frame that Codex treats as transient: it reconnects and resends the
     turn, and the new connection is routed to another account."""

@@ -294,6 +294,7 @@ class Router:
             conversation = conversation_key(headers, routing.prompt_cache_key(body()))
         model = routing.is_model_request(req.path)
         client = client_key(headers)
+        client_id = headers.get("chatgpt-account-id", "")
         pinned = flow.metadata.get(RETRY)
 
         for _ in range(len(self.pool.accounts) + 1):
@@ -310,6 +311,8 @@ class Router:
                         # A refused handshake ends Codex's turn with "exceeded retry limit";
                         # a 426 sends it to HTTP, where this answer shows as it should.
                         decision = answers.Refusal(426, decision.body, decision.reason)
+                    elif routing.is_accounts_check(req.path) and client_id:
+                        decision = answers.accounts_check_for_the_client(client_id, decision)
                     self._answer(flow, decision)
                     return
                 choice = decision
@@ -331,7 +334,7 @@ class Router:
         flow.metadata[META] = {
             "account_id": account.id,
             "account": account.name,
-            "client_account_id": headers.get("chatgpt-account-id", ""),
+            "client_account_id": client_id,
             "credentials_at": account.credentials.updated_at,
             "conversation": conversation or "",
             "probe": choice.reason == "probe",

@@ -448,6 +448,25 @@ def test_every_account_limited_shows_the_usage_limit_message(
     assert rows["a"]["status"] == rows["b"]["status"] == "rate_limited"
 
 
+@TRANSPORTS
+def test_every_account_paused_tells_the_user_why_and_what_to_do(
+    make_env: Callable[..., CliEnv], transport: str
+) -> None:
+    """Codex checks its workspace (accounts/check) before the turn and, when that call is
+    refused, fails with "workspace routing discovery failed": the router's own message, which
+    says how to fix it, must be what the user reads."""
+    env = make_env([Spec("a"), Spec("b")], transport)
+    for name in "ab":
+        addon_cli(env.state, "pause", name)
+    wait_for_router(env.state)
+    result = env.run()
+
+    assert result.returncode == 1, why(result, env)
+    assert "every pooled account is paused" in failure(result), why(result, env)
+    assert "python -m addon resume NAME" in failure(result), why(result, env)
+    assert env.backend() == []  # nothing went upstream, with any credentials
+
+
 def test_a_run_while_every_account_is_known_out_shows_the_usage_limit_message(
     make_env: Callable[..., CliEnv],
 ) -> None:

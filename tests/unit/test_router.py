@@ -478,3 +478,24 @@ def test_one_failed_refresh_is_one_error_and_one_line_however_many_wait(
     assert [r.getMessage() for r in caplog.records].count(
         "quota-router: a: token refresh failed (HTTP 503)"
     ) == 1
+
+
+def test_accounts_check_is_answered_for_the_client_when_no_account_can_make_it(
+    router: Fixture,
+) -> None:
+    """Codex fails a refused accounts/check with "workspace routing discovery failed"; let it
+    reach the turn, whose refusal says what is wrong and what to do."""
+    addon, tctx = router
+    for name in "ab":
+        tctx.command(addon.pause, name)
+    check = codex_flow(path="/backend-api/wham/accounts/check")
+    check.request.method = "GET"
+    run(addon.request(check))
+    assert check.response is not None and check.response.status_code == 200
+    reply = json.loads(check.response.content or b"")
+    assert [entry["id"] for entry in reply["accounts"]] == [CLIENT["account_id"]]
+    assert reply["default_account_id"] == CLIENT["account_id"]
+    turn = codex_flow()
+    run(addon.request(turn))
+    assert turn.response is not None and turn.response.status_code == 503
+    assert "every pooled account is paused" in (turn.response.text or "")
