@@ -175,31 +175,40 @@ def refresh_persisted(
     same single-use refresh token: the second one finds the first one's new pair in the file
     and takes it instead of refreshing. Returns the result and whether the file holds it.
     """
-    with file.locked():
-        try:
-            disk = file.read_settled()
-        except StateFileError:
-            disk = None  # unreadable now: refresh anyway, the saver persists it later
-        account = next((a for a in disk.accounts if a.id == account_id), None) if disk else None
-        if account is not None:
-            stored = account.credentials
-            if stored.updated_at > credentials.updated_at and (
-                stored.refresh_token != credentials.refresh_token
-            ):
-                return Refreshed(stored, account.plan, account.email), True
-        result = post_refresh(url, credentials, verify)
-        if not isinstance(result, Refreshed) or disk is None or account is None:
-            return result, False
-        account.credentials = result.credentials
-        if result.plan is not None:
-            account.plan = result.plan
-        if result.email:
-            account.email = result.email
-        try:
-            file.write_aside(disk)
-        except OSError:
-            return result, False
-        return result, True
+    try:
+        with file.locked():
+            return _refresh_locked(file, account_id, credentials, url, verify)
+    except StateFileError as e:  # the lock stayed busy: said plainly, not as a crash
+        return RefreshFailed(False, f"token refresh not tried: {e}"), False
+
+
+def _refresh_locked(
+    file: StateFile, account_id: str, credentials: Credentials, url: str, verify: bool
+) -> tuple[Refreshed | RefreshFailed, bool]:
+    try:
+        disk = file.read_settled()
+    except StateFileError:
+        disk = None  # unreadable now: refresh anyway, the saver persists it later
+    account = next((a for a in disk.accounts if a.id == account_id), None) if disk else None
+    if account is not None:
+        stored = account.credentials
+        if stored.updated_at > credentials.updated_at and (
+            stored.refresh_token != credentials.refresh_token
+        ):
+            return Refreshed(stored, account.plan, account.email), True
+    result = post_refresh(url, credentials, verify)
+    if not isinstance(result, Refreshed) or disk is None or account is None:
+        return result, False
+    account.credentials = result.credentials
+    if result.plan is not None:
+        account.plan = result.plan
+    if result.email:
+        account.email = result.email
+    try:
+        file.write_aside(disk)
+    except OSError:
+        return result, False
+    return result, True
 
 
 class Refresher:

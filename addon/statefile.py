@@ -327,8 +327,9 @@ class StateFile:
                 except BlockingIOError:
                     if time.monotonic() > deadline:
                         raise StateFileError(
-                            f"{self.path}: another process has held its lock for "
-                            f"{LOCK_TIMEOUT:.0f} s ({lock_path})"
+                            f"{self.path}: its lock has been held elsewhere for "
+                            f"{LOCK_TIMEOUT:.0f} s (another process, or a token refresh "
+                            f"waiting for its answer; {lock_path})"
                         ) from None
                     time.sleep(0.01)
             yield

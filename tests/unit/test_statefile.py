@@ -414,7 +414,7 @@ def test_a_symlink_and_its_target_take_one_lock(
     link.symlink_to(target)
     assert StateFile(link).lock_path == StateFile(target).lock_path
     monkeypatch.setattr(statefile, "LOCK_TIMEOUT", 0.05)
-    with StateFile(target).locked(), pytest.raises(StateFileError, match="held its lock"):
+    with StateFile(target).locked(), pytest.raises(StateFileError, match="lock has been held"):
         StateFile(link).edit(lambda state: state.accounts.clear())
     assert [a.name for a in StateFile(target).load().accounts] == ["work"]
 
