@@ -17,7 +17,7 @@ from typing import NoReturn
 from addon import placeholder, report
 from addon.authjson import AuthFileError, file_kind, load_json, parse_auth, read_auth_file
 from addon.pool import Pool, PoolError
-from addon.state import Account, State, Status
+from addon.state import Account, Credentials, State, Status
 from addon.statefile import (
     DEFAULT_CONFDIR,
     DEFAULT_NAME,
@@ -117,6 +117,31 @@ def _find(state: State, name: str) -> Account:
         raise CliError(str(e)) from None
 
 
+def _refuse_older_login(existing: Account, imported: Credentials) -> None:
+    """The pool refreshes its tokens, and each refresh spends the refresh token it used: an
+    auth.json from before the last refresh holds a spent one, and putting it back would make
+    the account need a new login at its next refresh."""
+    stored = existing.credentials
+    if (
+        existing.status is not Status.REAUTH_REQUIRED
+        and stored.account_id == imported.account_id
+        and stored.refresh_token != imported.refresh_token
+        and stored.expires_at is not None
+        and imported.expires_at is not None
+        and stored.expires_at > imported.expires_at
+    ):
+        raise CliError(
+            f"{existing.name!r} already holds newer tokens for this login (refreshed since "
+            f"this auth.json was written: they expire at {_when(stored.expires_at)}, these at "
+            f"{_when(imported.expires_at)}); its refresh token has been spent. Log in again "
+            "(`codex login`) and import the new auth.json"
+        )
+
+
+def _when(moment: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(moment))
+
+
 def cmd_import(file: StateFile, args: argparse.Namespace) -> str:
     try:
         imported = read_auth_file(_expand(args.auth_json))
@@ -150,6 +175,7 @@ def cmd_import(file: StateFile, args: argparse.Namespace) -> str:
                     f"an account named {args.name!r} exists already "
                     "(add --replace to update its credentials)"
                 )
+            _refuse_older_login(existing, imported.credentials)
             existing.credentials = imported.credentials
             existing.plan, existing.email = imported.plan, imported.email
             if existing.status is Status.REAUTH_REQUIRED:

@@ -100,6 +100,38 @@ def test_import_replace_updates_the_login_and_ends_reauth(
     assert (account.plan, account.status) == (Plan.PRO, Status.ACTIVE)
 
 
+def test_import_replace_refuses_a_login_older_than_the_pools(
+    cli: Cli, state_path: Path, write_auth: WriteAuth
+) -> None:
+    """The proxy refreshed the account since: the old auth.json's refresh token is spent, and
+    putting it back would make the account need a new login at its next refresh."""
+    now = int(time.time())
+    original = make_auth_json("acct-a", "plus", email="a@example.com", exp=now + 3600)
+    assert cli("import", write_auth(original), "--name", "a").code == 0
+    refreshed = make_auth_json("acct-a", "plus", email="a@example.com", exp=now + 7200)
+
+    def proxy_refreshed(state: State) -> None:
+        tokens = refreshed["tokens"]
+        state.accounts[0].credentials = state.accounts[0].credentials.model_copy(
+            update={
+                "access_token": tokens["access_token"],
+                "refresh_token": tokens["refresh_token"],
+                "expires_at": now + 7200,
+            }
+        )
+
+    StateFile(state_path).edit(proxy_refreshed)
+    before = state_path.read_bytes()
+    result = cli("import", write_auth(original), "--name", "a", "--replace")
+    assert result.code == 1
+    assert "already holds newer tokens for this login" in result.err
+    assert "codex login" in result.err
+    assert state_path.read_bytes() == before
+    # A newer login (a fresh `codex login`) is taken.
+    newer = make_auth_json("acct-a", "plus", email="a@example.com", exp=now + 10800)
+    assert cli("import", write_auth(newer), "--name", "a", "--replace").code == 0
+
+
 # -- status ----------------------------------------------------------------------------------
 
 
