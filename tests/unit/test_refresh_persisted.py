@@ -1,4 +1,4 @@
-"""refresh.py's refresh under the state file's lock: what it says when it cannot take it."""
+"""refresh.refresh_persisted: what a refresh under the lock says when it cannot take it."""
 
 from __future__ import annotations
 
