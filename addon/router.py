@@ -541,13 +541,7 @@ class Router:
                 else usage.from_error_body(content, now)
             )
             if hit is not None:
-                self.pool.record_limit(account, hit, now)
-                logger.warning(
-                    "quota-router: %s is limited (%s) until %s",
-                    account.name,
-                    hit.kind,
-                    time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(hit.resets_at)),
-                )
+                self._limited(account, hit, now)
         elif status >= 500:
             until = self.pool.record_error(account, now)
             logger.warning(
@@ -589,9 +583,17 @@ class Router:
         if isinstance(learnt, usage.UsageReport):
             self.pool.record_usage(account, learnt, now)
         elif isinstance(learnt, usage.LimitHit):
-            self.pool.record_limit(account, learnt, now)
-            logger.warning("quota-router: %s is limited (%s)", account.name, learnt.kind)
+            self._limited(account, learnt, now)
             self._reconnect_elsewhere(flow, message, account, now)
+
+    def _limited(self, account: Account, hit: usage.LimitHit, now: float) -> None:
+        self.pool.record_limit(account, hit, now)
+        logger.warning(
+            "quota-router: %s is limited (%s) until %s",
+            account.name,
+            hit.kind,
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(hit.resets_at)),
+        )
 
     def _reconnect_elsewhere(
         self, flow: http.HTTPFlow, message: Any, account: Account, now: float

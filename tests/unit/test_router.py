@@ -289,15 +289,22 @@ def limit_frame() -> bytes:
     return json.dumps({"type": "error", "status_code": 429, "error": error}).encode()
 
 
-def test_a_websocket_limit_frame_sends_the_client_elsewhere(router: Fixture) -> None:
+def test_a_websocket_limit_frame_sends_the_client_elsewhere(
+    router: Fixture, caplog: pytest.LogCaptureFixture
+) -> None:
     addon, _ = router
     flow = ws_flow(addon)
     assert flow.websocket is not None
     flow.websocket.messages.append(WebSocketMessage(Opcode.TEXT, False, limit_frame()))
-    addon.websocket_message(flow)
+    with caplog.at_level(logging.WARNING):
+        addon.websocket_message(flow)
     frame = json.loads(flow.websocket.messages[-1].content)
     assert frame["status_code"] == 503 and frame["error"]["code"] == "account_switch"
-    assert addon.pool.get("a").block is not None
+    block = addon.pool.get("a").block
+    assert block is not None
+    until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(block.until))
+    # As an HTTP limit says it: when the account comes back.
+    assert f"quota-router: a is limited (usage_limit_reached) until {until}" in caplog.messages
 
 
 def test_a_websocket_limit_frame_passes_when_no_account_is_left(router: Fixture) -> None:
