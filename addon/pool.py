@@ -140,9 +140,12 @@ class Pool:
         conversation: str | None = None,
         exclude: Collection[str] = (),
         probe: bool = True,
+        move: bool = True,
     ) -> Choice | answers.Refusal:
         """The account for a request. `probe`: whether this request may probe a blocked pool
-        (only model requests can tell whether a limit has lifted)."""
+        (only model requests can tell whether a limit has lifted). `move=False`: a
+        conversation whose account cannot serve is served elsewhere but stays where it is (the
+        caller moves it with `pin` once the request has shown it will be served there)."""
         reason = ""
         if conversation is not None:
             owner = self.by_id(self.affinity.get(conversation, now) or "")
@@ -158,9 +161,13 @@ class Pool:
             if account is None:
                 return self.refusal(now)
             reason = "probe"
-        if conversation is not None:
+        if conversation is not None and (move or not reason.startswith("moved")):
             self._set_owner(conversation, account, now)
         return Choice(account, strategy, reason)
+
+    def pin(self, conversation: str, account: Account, now: float) -> None:
+        """The conversation now belongs to `account`."""
+        self._set_owner(conversation, account, now)
 
     def _set_owner(self, conversation: str, account: Account, now: float) -> None:
         self.affinity.set(conversation, account.id, now)

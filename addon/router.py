@@ -305,7 +305,7 @@ class Router:
                     return
                 choice = Choice(account, self.strategy, pinned.get("note", "failover"))
             else:
-                decision = self._decide(body, conversation, model, client, now)
+                decision = self._decide(body, conversation, model, client, now, is_websocket)
                 if not isinstance(decision, Choice):
                     if is_websocket:
                         # A refused handshake ends Codex's turn with "exceeded retry limit";
@@ -338,13 +338,15 @@ class Router:
             "credentials_at": account.credentials.updated_at,
             "conversation": conversation or "",
             "probe": choice.reason == "probe",
+            # A handshake's move ("moved from X: why"), made once the socket opens.
+            "moves": choice.reason if is_websocket and choice.reason.startswith("moved") else "",
         }
         if model and client is not None and not pinned:
             self.pool.affinity.set(client, account.id, now)  # the client's other calls follow
         self._apply(flow, account.credentials)
         self._unmasked[flow.id] = flow
         self.pool.record_route(account, now)
-        if choice.reason.startswith("moved"):
+        if choice.reason.startswith("moved") and not is_websocket:
             logger.warning("quota-router: conversation %s", choice.reason)
         flow.comment = choice.comment
         if self._log_routes:
@@ -365,6 +367,7 @@ class Router:
         model: bool,
         client: str | None,
         now: float,
+        websocket: bool = False,
     ) -> Choice | answers.Refusal:
         if not model:
             # No quota spent: limits do not matter, a working login does. Codex fails the whole
@@ -374,7 +377,10 @@ class Router:
         refusal = self._bound_elsewhere(body, conversation, now)
         if refusal is not None:
             return refusal
-        return self.pool.choose(self.strategy, now, conversation)
+        # A handshake says nothing of the turn to come: it moves the conversation only once the
+        # socket opens (101). Refused with 426, Codex sends the turn over HTTP, where a body
+        # that refers to the old account's state must find the conversation still there.
+        return self.pool.choose(self.strategy, now, conversation, move=not websocket)
 
     def _bound_elsewhere(
         self, body: Callable[[], bytes], conversation: str | None, now: float
@@ -501,8 +507,12 @@ class Router:
         if account is None:
             return
         pristine = self._pristine.pop(flow.id, None)
-        if flow.metadata[META].get("probe") and flow.response.status_code == 426:
+        info = flow.metadata[META]
+        if info.get("probe") and flow.response.status_code == 426:
             self.pool.last_probe = 0.0  # the handshake told nothing about limits: next may probe
+        if info.get("moves") and flow.response.status_code == 101:
+            self.pool.pin(info["conversation"], account, time.time())
+            logger.warning("quota-router: conversation %s", info["moves"])
         try:
             self._learn(flow, account)
             body = messages.body(flow.response)

@@ -209,6 +209,55 @@ def test_calls_between_turns_leave_a_bound_conversation_on_its_account(tmp_path:
         assert served_by(env) == []
 
 
+@pytest.mark.parametrize("opens", [False, True], ids=["refused-426", "opened-101"])
+def test_a_websocket_handshake_moves_a_conversation_only_once_it_opens(
+    tmp_path: Path, opens: bool
+) -> None:
+    """Codex tries a WebSocket before each turn; refused with 426, it sends the turn over
+    HTTP. A handshake moved the conversation off its paused account before that turn, which
+    refers to the paused account's state, and so took the turn to an account that cannot use
+    it."""
+    from tests.e2e.harness import WsClient, WsHandshakeError, https_request, responses_request
+
+    with pool_env(tmp_path, [Spec("a", primary=50), Spec("b", primary=10)]) as env:
+        assert env.turn(session="thread-7").status == 200
+        assert cli(env.state, "pause", "a").returncode == 0
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and env.status()["a"]["status"] != "paused":
+            time.sleep(0.1)
+        time.sleep(1.0)  # the proxy takes the pause in at its next save (0.5 s)
+        env.fake.websocket_enabled = opens
+        socket = WsClient(
+            env.proxy.port, env.proxy.ca_path, headers=env.headers(**{"session-id": "thread-7"})
+        )
+        try:
+            socket.connect()
+            assert opens
+        except WsHandshakeError as e:
+            assert not opens and e.status == 426
+        finally:
+            socket.close()
+        if opens:  # the turn goes over the socket, to b: the conversation is b's now
+            env.proxy.wait_for_line(r"conversation moved from a: paused", 5)
+            return
+        env.fake.clear_log()
+        body = responses_request() | {"previous_response_id": "resp_123"}
+        headers = env.headers(**{"session-id": "thread-7", "accept": "text/event-stream"})
+        result = https_request(
+            env.proxy.port,
+            env.proxy.ca_path,
+            "POST",
+            "https://chatgpt.com" + RESPONSES,
+            headers=headers,
+            body=body,
+            zstd=True,
+        )
+        assert result.status == 409
+        assert result.json()["error"]["code"] == "conversation_bound"
+        assert served_by(env) == []
+        assert not any("conversation moved" in line for line in env.proxy.lines)
+
+
 def test_a_failover_is_visible_in_the_flows(tmp_path: Path) -> None:
     from mitmproxy import io
 
