@@ -7,6 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.harness import (
+    HttpResult,
+    WsClient,
+    WsHandshakeError,
+    https_request,
+    responses_request,
+)
 from tests.e2e.pool_env import PoolEnv, Spec, cli, pool_env
 
 pytestmark = pytest.mark.e2e
@@ -17,6 +24,21 @@ RESPONSES = "/backend-api/codex/responses"
 def served_by(env: PoolEnv) -> list[tuple[str | None, int | None]]:
     """(account, status) of every model request the upstream received, in order."""
     return [(r.account_id, r.status) for r in env.fake.requests_for(RESPONSES)]
+
+
+def bound_turn(env: PoolEnv, session: str) -> HttpResult:
+    """A turn that refers to its account's state (a previous response of that account)."""
+    body = responses_request() | {"previous_response_id": "resp_123"}
+    headers = env.headers(**{"session-id": session, "accept": "text/event-stream"})
+    return https_request(
+        env.proxy.port,
+        env.proxy.ca_path,
+        "POST",
+        "https://chatgpt.com" + RESPONSES,
+        headers=headers,
+        body=body,
+        zstd=True,
+    )
 
 
 def test_a_usage_limit_429_is_retried_on_the_next_account(tmp_path: Path) -> None:
@@ -149,19 +171,7 @@ def test_account_bound_requests_are_not_sent_to_another_account(tmp_path: Path) 
         env.fake.set_limited("acct-a", 600)
         assert env.turn(session="thread-other").status == 200  # a is now known limited
         env.fake.clear_log()
-        from tests.e2e.harness import https_request, responses_request
-
-        body = responses_request() | {"previous_response_id": "resp_123"}
-        headers = env.headers(**{"session-id": "thread-7", "accept": "text/event-stream"})
-        result = https_request(
-            env.proxy.port,
-            env.proxy.ca_path,
-            "POST",
-            "https://chatgpt.com" + RESPONSES,
-            headers=headers,
-            body=body,
-            zstd=True,
-        )
+        result = bound_turn(env, "thread-7")
         # Its account is limited: Codex gets the usage-limit answer for that account,
         # not a turn on b that would fail with previous_response_not_found.
         assert result.status == 429
@@ -174,8 +184,6 @@ def test_calls_between_turns_leave_a_bound_conversation_on_its_account(tmp_path:
     each turn: served elsewhere while its account is paused, they must not take the
     conversation along, or its next turn (which refers to the paused account's state) would
     go to an account that cannot use it."""
-    from tests.e2e.harness import https_request, responses_request
-
     models = "/backend-api/codex/models"
     with pool_env(tmp_path, [Spec("a", primary=50), Spec("b", primary=10)]) as env:
         assert env.turn(session="thread-7").status == 200
@@ -192,17 +200,7 @@ def test_calls_between_turns_leave_a_bound_conversation_on_its_account(tmp_path:
                 break
             time.sleep(0.2)
         assert served == ["acct-b"]
-        body = responses_request() | {"previous_response_id": "resp_123"}
-        headers = env.headers(**{"session-id": "thread-7", "accept": "text/event-stream"})
-        result = https_request(
-            env.proxy.port,
-            env.proxy.ca_path,
-            "POST",
-            "https://chatgpt.com" + RESPONSES,
-            headers=headers,
-            body=body,
-            zstd=True,
-        )
+        result = bound_turn(env, "thread-7")
         assert result.status == 409
         assert result.json()["error"]["code"] == "conversation_bound"
         assert "'a'" in result.json()["error"]["message"]
@@ -217,8 +215,6 @@ def test_a_websocket_handshake_moves_a_conversation_only_once_it_opens(
     HTTP. A handshake moved the conversation off its paused account before that turn, which
     refers to the paused account's state, and so took the turn to an account that cannot use
     it."""
-    from tests.e2e.harness import WsClient, WsHandshakeError, https_request, responses_request
-
     with pool_env(tmp_path, [Spec("a", primary=50), Spec("b", primary=10)]) as env:
         assert env.turn(session="thread-7").status == 200
         assert cli(env.state, "pause", "a").returncode == 0
@@ -241,17 +237,7 @@ def test_a_websocket_handshake_moves_a_conversation_only_once_it_opens(
             env.proxy.wait_for_line(r"conversation moved from a: paused", 5)
             return
         env.fake.clear_log()
-        body = responses_request() | {"previous_response_id": "resp_123"}
-        headers = env.headers(**{"session-id": "thread-7", "accept": "text/event-stream"})
-        result = https_request(
-            env.proxy.port,
-            env.proxy.ca_path,
-            "POST",
-            "https://chatgpt.com" + RESPONSES,
-            headers=headers,
-            body=body,
-            zstd=True,
-        )
+        result = bound_turn(env, "thread-7")
         assert result.status == 409
         assert result.json()["error"]["code"] == "conversation_bound"
         assert served_by(env) == []
