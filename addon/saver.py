@@ -236,6 +236,12 @@ class Saver:
 
     def _saved(self, changes: int) -> None:
         self.saved_changes = changes
+        if self.file.recreated:
+            logger.warning(
+                "quota-router: %s was deleted while the proxy runs; written again from memory "
+                "(to start over, delete it while the proxy is stopped)",
+                self.file.path,
+            )
         if self.error is not None:
             logger.warning("quota-router: state saved again to %s", self.file.path)
         self.error, self.error_since = None, None

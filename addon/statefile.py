@@ -206,6 +206,7 @@ class StateFile:
         # What sync() merged and wrote last: the next sync redoes only what changed.
         self._cache = SyncCache()
         self._swept = False  # stale temp files removed (once per instance, at the first write)
+        self.recreated = False  # the last sync wrote back a file someone had deleted
 
     # -- reading ---------------------------------------------------------------------------
     def read(self) -> State | None:
@@ -435,6 +436,7 @@ class StateFile:
         sync (the others are then not compared), and `conversations` may then hold only the
         entries set since the last sync: the rest are in the file already.
         """
+        self.recreated = False
         with self.locked():
             current = fingerprint(self.path)
             outside = None
@@ -457,6 +459,7 @@ class StateFile:
                     )
                 if current is None and self._known is not None:
                     theirs = self._known[1]  # deleted under us: write ours back
+                    self.recreated = True
                 else:
                     known = self._known[1] if self._known is not None else None
                     theirs = State() if raw is None else self._reread(raw, known)

@@ -242,3 +242,26 @@ def test_an_affinity_entry_set_directly_is_saved_too(state_path: Path) -> None:
     assert [(c.key, c.account_id) for c in state.conversations] == [
         ("client-key", pool.get("a").id)
     ]
+
+
+def test_a_state_file_deleted_under_the_proxy_is_written_back_and_said(
+    state_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Deleting the file to start over, while the proxy runs, leaves every credential
+    written again: the log says so, and how to start over."""
+    pool, saver = setup(state_path)
+    assert asyncio.run(saver.save())
+    state_path.unlink()
+    with caplog.at_level("WARNING"):
+        assert asyncio.run(saver.save())
+    assert sorted(on_disk(state_path)) == ["a", "b"]
+    said = [m for m in caplog.messages if "was deleted while the proxy runs" in m]
+    assert said == [
+        f"quota-router: {state_path} was deleted while the proxy runs; written again from "
+        "memory (to start over, delete it while the proxy is stopped)"
+    ]
+    with caplog.at_level("WARNING"):
+        caplog.clear()
+        pool.record_route(pool.get("a"), 1_800_000_000)
+        assert asyncio.run(saver.save())
+    assert not [m for m in caplog.messages if "was deleted" in m]  # once
