@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import ssl
 import time
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 from addon.state import Credentials, Plan
 from addon.statefile import StateFile, StateFileError
 from addon.tokens import auth_claims, jwt_claims, token_expiry
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_TOKEN_URL = "https://auth.openai.com/oauth/token"
 CLIENT_ID = "app_EMoamEEZ73f0CkXaXp7hrann"  # the Codex CLI's public OAuth client id
@@ -236,6 +239,7 @@ class Refresher:
             future.cancel()
             raise
         except Exception as e:  # a bug in a refresh must not wedge every waiter
+            logger.exception("quota-router: token refresh crashed")
             result = RefreshFailed(False, f"token refresh crashed: {e.__class__.__name__}")
         finally:
             self.inflight.pop(account_id, None)

@@ -91,9 +91,7 @@ class Router:
         self._notices = StreamNotices()
         self._unusable: list[str] = []  # what was wrong with the options at start-up
         self._failover = Failover(lambda: self.pool, lambda: self.strategy, self._fresh)
-        # The last failed refresh per account said (logged) and counted (as an error).
-        self._told: dict[str, RefreshFailed] = {}
-        self._counted: dict[str, RefreshFailed] = {}
+        self._counted: dict[str, RefreshFailed] = {}  # the last failed refresh counted, per account
 
     # -- options ---------------------------------------------------------------------------
     def load(self, loader):  # type: ignore[no-untyped-def]
@@ -423,21 +421,13 @@ class Router:
         result = await self.refresher.refresh(account.id, account.credentials)
         if isinstance(result, Refreshed):
             return True
-        account = self.pool.by_id(account.id) or account  # adopt() may have replaced it
-        # Every request waiting for one refresh gets its result: one failure, said and
-        # counted once.
-        first = self._told.get(account.id) is not result
-        self._told[account.id] = result
         if result.permanent:
-            self.pool.mark(account, Status.REAUTH_REQUIRED, result.reason)
-            if first:
-                logger.error("quota-router: %s needs a new login (%s)", account.name, result.reason)
-            return False
-        if first:
-            logger.warning("quota-router: %s: %s", account.name, result.reason)
+            return False  # marked and said by _refresh
+        account = self.pool.by_id(account.id) or account  # adopt() may have replaced it
         expires = account.credentials.expires_at
         if not force and expires is not None and expires > now + 5:
             return True  # the old token still works for a little while
+        # Every request waiting for one refresh gets its result: one failure counts once.
         if self._counted.get(account.id) is not result:
             self._counted[account.id] = result
             self.pool.record_error(account, now)
@@ -455,7 +445,10 @@ class Router:
             refresh_persisted, self.file, account_id, credentials, url, verify
         )
         account = self.pool.by_id(account_id)
-        if isinstance(result, Refreshed) and account is not None:
+        if account is None:
+            return result
+        # Said here, once per refresh, however many requests wait for it.
+        if isinstance(result, Refreshed):
             self.pool.set_credentials(account, result)
             if not persisted and (self.saver is None or not await self.saver.save()):
                 logger.error(
@@ -464,6 +457,11 @@ class Router:
                     account.name,
                 )
             logger.info("quota-router: refreshed the tokens of %s", account.name)
+        elif result.permanent:
+            self.pool.mark(account, Status.REAUTH_REQUIRED, result.reason)
+            logger.error("quota-router: %s needs a new login (%s)", account.name, result.reason)
+        else:
+            logger.warning("quota-router: %s: %s", account.name, result.reason)
         return result
 
     # -- responses -------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from mitmproxy.websocket import WebSocketData, WebSocketMessage
 from wsproto.frame_protocol import Opcode
 
 from addon import placeholder
+from addon import router as router_module
 from addon.refresh import RefreshFailed
 from addon.router import Router
 from addon.state import Account, Credentials, State, Window
@@ -462,7 +463,7 @@ def test_only_a_failure_upstream_counts_against_the_account(
 
 
 def test_one_failed_refresh_is_one_error_and_one_line_however_many_wait(
-    router: Fixture, caplog: pytest.LogCaptureFixture
+    router: Fixture, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     addon, _ = router
     account = addon.pool.get("a")
@@ -470,11 +471,11 @@ def test_one_failed_refresh_is_one_error_and_one_line_however_many_wait(
         update={"expires_at": 1, "refresh_token": "rt-a"}
     )
 
-    async def failing(account_id: str, credentials: Credentials) -> RefreshFailed:
-        await asyncio.sleep(0.05)
-        return RefreshFailed(False, "token refresh failed (HTTP 503)")
+    def failing(*_: object) -> tuple[RefreshFailed, bool]:  # the token endpoint says 503
+        time.sleep(0.05)
+        return RefreshFailed(False, "token refresh failed (HTTP 503)"), False
 
-    addon.refresher.call = failing
+    monkeypatch.setattr(router_module, "refresh_persisted", failing)
 
     async def five_requests() -> list[bool]:
         return await asyncio.gather(*(addon._fresh(account) for _ in range(5)))
