@@ -41,6 +41,22 @@ def bound_turn(env: PoolEnv, session: str) -> HttpResult:
     )
 
 
+def side_calls_go_to_b(env: PoolEnv, session: str) -> bool:
+    """Send the conversation's model-list call until b serves it: the proxy has taken in the
+    pause of a (it reads the CLI's change at its next save). True once it does."""
+    models = "/backend-api/codex/models"
+    headers = env.headers(**{"session-id": session})
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        env.fake.clear_log()
+        result = env.get(f"https://chatgpt.com{models}?client_version=0.171.0", headers)
+        assert result.status == 200
+        if [r.account_id for r in env.fake.requests_for(models)] == ["acct-b"]:
+            return True
+        time.sleep(0.2)
+    return False
+
+
 def test_a_usage_limit_429_is_retried_on_the_next_account(tmp_path: Path) -> None:
     with pool_env(tmp_path, [Spec("a", primary=50), Spec("b", primary=10)]) as env:
         env.fake.set_limited("acct-a", 3600)
@@ -184,22 +200,10 @@ def test_calls_between_turns_leave_a_bound_conversation_on_its_account(tmp_path:
     each turn: served elsewhere while its account is paused, they must not take the
     conversation along, or its next turn (which refers to the paused account's state) would
     go to an account that cannot use it."""
-    models = "/backend-api/codex/models"
     with pool_env(tmp_path, [Spec("a", primary=50), Spec("b", primary=10)]) as env:
         assert env.turn(session="thread-7").status == 200
         assert cli(env.state, "pause", "a").returncode == 0
-        side = env.headers(**{"session-id": "thread-7"})
-        deadline = time.monotonic() + 10
-        while True:  # until the proxy has taken the pause in
-            env.fake.clear_log()
-            assert (
-                env.get(f"https://chatgpt.com{models}?client_version=0.171.0", side).status == 200
-            )
-            served = [r.account_id for r in env.fake.requests_for(models)]
-            if served == ["acct-b"] or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        assert served == ["acct-b"]
+        assert side_calls_go_to_b(env, "thread-7")
         result = bound_turn(env, "thread-7")
         assert result.status == 409
         assert result.json()["error"]["code"] == "conversation_bound"
@@ -218,10 +222,7 @@ def test_a_websocket_handshake_moves_a_conversation_only_once_it_opens(
     with pool_env(tmp_path, [Spec("a", primary=50), Spec("b", primary=10)]) as env:
         assert env.turn(session="thread-7").status == 200
         assert cli(env.state, "pause", "a").returncode == 0
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and env.status()["a"]["status"] != "paused":
-            time.sleep(0.1)
-        time.sleep(1.0)  # the proxy takes the pause in at its next save (0.5 s)
+        assert side_calls_go_to_b(env, "thread-7")
         env.fake.websocket_enabled = opens
         socket = WsClient(
             env.proxy.port, env.proxy.ca_path, headers=env.headers(**{"session-id": "thread-7"})
