@@ -28,7 +28,7 @@ DEFAULT_TOKEN_URL = "https://auth.openai.com/oauth/token"
 CLIENT_ID = "app_EMoamEEZ73f0CkXaXp7hrann"  # the Codex CLI's public OAuth client id
 # Refresh this long before `exp`, like the Codex CLI does.
 MARGIN_SECONDS = 300
-TIMEOUT_SECONDS = 10.0  # well under the state file lock timeout: the lock is held meanwhile
+TIMEOUT_SECONDS = 10.0  # per socket operation; the account's refresh lock is held meanwhile
 
 # Tokens travel in HTTP headers: printable ASCII without spaces only.
 _TOKEN = re.compile(r"[!-~]{1,16384}")
@@ -172,14 +172,16 @@ def post_refresh(
 def refresh_persisted(
     file: StateFile, account_id: str, credentials: Credentials, url: str, verify: bool = True
 ) -> tuple[Refreshed | RefreshFailed, bool]:
-    """Refresh under the state file's lock, and write the new pair before anyone uses it.
+    """Refresh under the account's refresh lock, and write the new pair before anyone uses it.
 
-    Holding the lock across the call means two proxies sharing a file can never spend the
+    Holding that lock across the call means two proxies sharing a file can never spend the
     same single-use refresh token: the second one finds the first one's new pair in the file
-    and takes it instead of refreshing. Returns the result and whether the file holds it.
+    and takes it instead of refreshing. The file's own lock is taken only to write the result,
+    so a slow token endpoint holds up neither other writers nor other accounts' refreshes.
+    Returns the result and whether the file holds it.
     """
     try:
-        with file.locked():
+        with file.refreshing(account_id):
             return _refresh_locked(file, account_id, credentials, url, verify)
     except StateFileError as e:  # the lock stayed busy: said plainly, not as a crash
         return RefreshFailed(False, f"token refresh not tried: {e}"), False
@@ -188,6 +190,7 @@ def refresh_persisted(
 def _refresh_locked(
     file: StateFile, account_id: str, credentials: Credentials, url: str, verify: bool
 ) -> tuple[Refreshed | RefreshFailed, bool]:
+    # Writes are atomic renames: the file reads whole without its lock.
     try:
         disk = file.read_settled()
     except StateFileError:
@@ -200,18 +203,29 @@ def _refresh_locked(
         ):
             return Refreshed(stored, account.plan, account.email), True
     result = post_refresh(url, credentials, verify)
-    if not isinstance(result, Refreshed) or disk is None or account is None:
+    if not isinstance(result, Refreshed):
         return result, False
-    account.credentials = result.credentials
-    if result.plan is not None:
-        account.plan = result.plan
-    if result.email:
-        account.email = result.email
+    return result, _store(file, account_id, result)
+
+
+def _store(file: StateFile, account_id: str, result: Refreshed) -> bool:
+    """Write a refreshed pair into the file as it is now (others may have written it during
+    the call); False when that cannot be done (the proxy's saver persists it later)."""
     try:
-        file.write_aside(disk)
-    except OSError:
-        return result, False
-    return result, True
+        with file.locked():
+            disk = file.read_settled()
+            account = next((a for a in disk.accounts if a.id == account_id), None) if disk else None
+            if disk is None or account is None:
+                return False
+            account.credentials = result.credentials
+            if result.plan is not None:
+                account.plan = result.plan
+            if result.email:
+                account.email = result.email
+            file.write_aside(disk)
+    except (StateFileError, OSError):
+        return False
+    return True
 
 
 class Refresher:

@@ -7,6 +7,8 @@ live in the core modules.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 import json
 import logging
 import sys
@@ -54,6 +56,7 @@ TOKEN_PATH = "/oauth/token"
 # of the account (Codex gives up on side calls that wait for a slow token refresh). mitmproxy
 # also words an HTTP/2 reset by the server "stream reset by client": not counted either.
 NOT_UPSTREAMS_FAULT = ("Client disconnected", "stream reset by client", Error.KILLED_MESSAGE)
+REFRESH_THREADS = 8  # token refreshes of different accounts at once
 
 
 def _expand(value: str, option: str) -> Path:
@@ -82,6 +85,11 @@ class Router:
         self.file: StateFile | None = None
         self.saver: Saver | None = None
         self.refresher = Refresher(self._refresh)
+        # Refreshes get threads of their own: a hanging token endpoint must not hold up the
+        # saver's, which run in asyncio's default executor.
+        self._refresh_threads = concurrent.futures.ThreadPoolExecutor(
+            REFRESH_THREADS, thread_name_prefix="quota-router-refresh"
+        )
         self._task: asyncio.Task[None] | None = None
         # The client's request as it arrived, per in-flight routed flow, for failover.
         self._pristine: dict[str, http.Request] = {}
@@ -243,6 +251,7 @@ class Router:
             self._task = None
         if self.saver is not None:
             self.saver.flush()
+        self._refresh_threads.shutdown(wait=False)
         heap.release()
 
     # -- requests --------------------------------------------------------------------------
@@ -440,9 +449,11 @@ class Router:
         url = ctx.options.router_token_url
         if self.file is None:
             return RefreshFailed(False, "no state file")
-        # In a worker thread, under the file's lock; the new pair is on disk before it is used.
-        result, persisted = await asyncio.to_thread(
-            refresh_persisted, self.file, account_id, credentials, url, verify
+        # In a worker thread, under the account's refresh lock; the new pair is on disk
+        # before it is used.
+        result, persisted = await asyncio.get_running_loop().run_in_executor(
+            self._refresh_threads,
+            functools.partial(refresh_persisted, self.file, account_id, credentials, url, verify),
         )
         account = self.pool.by_id(account_id)
         if account is None:

@@ -2,12 +2,15 @@
 
 Writes are atomic (a 0600 temp file beside the target, fsync, rename, fsync of the directory)
 and happen under an exclusive lock on `<file>.lock`, so the proxy, a second proxy and the CLI
-can share one file: each writer reads what is there, merges or edits, and writes back.
+can share one file: each writer reads what is there, merges or edits, and writes back. A token
+refresh holds a lock of its account's instead (`<file>.refresh/`), taking the file's lock only
+to write its result.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import mmap
 import os
 import re
@@ -46,6 +49,8 @@ FOOTER = "# end of the state file: the proxy takes a changed file in once it end
 _FOOTER_MARK = FOOTER.rstrip().encode()
 SETTLE = 3.0
 LOCK_TIMEOUT = 15.0
+# A refresh holds its account's lock for one token call and one write (each bounded).
+REFRESH_LOCK_TIMEOUT = 30.0
 # Temp files are `.<name>.<pid>.<hex>`; this matches the part after `.<name>.`.
 _TEMP_SUFFIX = re.compile(r"\d+\.[0-9a-f]{8,32}")
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -309,33 +314,34 @@ class StateFile:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        if fcntl is None:
-            yield
-            return
         lock_path = self.lock_path
-        lock_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as e:
-            # Named: "cannot write" with the state file's name would send the user elsewhere.
-            raise StateFileError(f"{lock_path}: cannot open the lock file: {e.strerror}") from None
-        try:
-            deadline = time.monotonic() + LOCK_TIMEOUT
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise StateFileError(
-                            f"{self.path}: its lock has been held elsewhere for "
-                            f"{LOCK_TIMEOUT:.0f} s (another process, or a token refresh "
-                            f"waiting for its answer; {lock_path})"
-                        ) from None
-                    time.sleep(0.01)
+        with _exclusive(
+            lock_path,
+            LOCK_TIMEOUT,
+            f"{self.path}: its lock has been held elsewhere for {LOCK_TIMEOUT:.0f} s "
+            f"(another process writing it; {lock_path})",
+        ):
             yield
-        finally:
-            os.close(fd)  # closing releases the lock
+
+    def refresh_lock_path(self, account_id: str) -> Path:
+        """The lock of one account's token refresh, in `<file>.refresh/` beside the lock file:
+        accounts share 256 files, so the directory stays small at any pool size (two accounts
+        in one file only wait for each other)."""
+        bucket = hashlib.sha256(account_id.encode()).hexdigest()[:2]
+        return self.lock_path.with_name(self.lock_path.stem + ".refresh") / f"{bucket}.lock"
+
+    @contextlib.contextmanager
+    def refreshing(self, account_id: str) -> Iterator[None]:
+        """Held across one account's token refresh, from reading its stored pair to writing
+        the new one: two processes never spend the same single-use refresh token, while other
+        accounts' refreshes and every other writer go on (the call can take seconds)."""
+        with _exclusive(
+            self.refresh_lock_path(account_id),
+            REFRESH_LOCK_TIMEOUT,
+            f"another process has been refreshing this account for "
+            f"{REFRESH_LOCK_TIMEOUT:.0f} s ({self.path})",
+        ):
+            yield
 
     def _write(self, state: State, pieces: list[bytes] | None = None) -> None:
         """Write `state` atomically; `pieces`, when given, are its bytes (see SyncCache)."""
@@ -481,3 +487,32 @@ class StateFile:
                 raise
             cache.commit(merged)
             return merged, outside
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path, timeout: float, busy: str) -> Iterator[None]:
+    """An exclusive flock on `lock_path` (created 0600), waited for up to `timeout` seconds;
+    StateFileError(busy) after that. flock, not fcntl record locks: those are per process, so
+    two threads of one proxy would not exclude each other."""
+    if fcntl is None:
+        yield
+        return
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as e:
+        # Named: "cannot write" with the state file's name would send the user elsewhere.
+        raise StateFileError(f"{lock_path}: cannot open the lock file: {e.strerror}") from None
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise StateFileError(busy) from None
+                time.sleep(0.01)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

@@ -12,7 +12,7 @@ import pytest
 
 from addon import placeholder
 from tests.e2e.harness import https_request
-from tests.e2e.pool_env import Spec, pool_env
+from tests.e2e.pool_env import Spec, cli, pool_env
 
 pytestmark = pytest.mark.e2e
 
@@ -58,6 +58,27 @@ def test_concurrent_requests_share_one_refresh(tmp_path: Path) -> None:
             results = list(pool.map(lambda n: env.turn(session=f"t{n}"), range(20)))
         assert [r.status for r in results] == [200] * 20
         assert len(env.fake.refreshes) == 1
+
+
+def test_a_slow_token_endpoint_does_not_hold_up_the_cli(tmp_path: Path) -> None:
+    soon = int(time.time()) + 60
+    with pool_env(tmp_path, [Spec("a", exp=soon), Spec("b")]) as env:
+        env.fake.oauth_delay = 6.0
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            turn = pool.submit(env.turn)
+            deadline = time.monotonic() + 10
+            while not env.fake.oauth_arrivals:
+                assert time.monotonic() < deadline and not turn.done(), "no refresh began"
+                time.sleep(0.02)
+            done = cli(env.state, "pause", "b")
+            # The CLI wrote the file while the refresh still waited for its answer.
+            assert done.returncode == 0, done.stderr
+            assert not turn.done()
+            assert turn.result().status == 200
+        assert env.status(lambda r: r["b"]["status"] == "paused")["b"]["status"] == "paused"
+        assert stored_credentials(env.state, "a")["refresh_token"] == (
+            env.fake.refreshes[0].new_refresh_token
+        )
 
 
 def test_a_reused_refresh_token_marks_the_account_for_re_login(tmp_path: Path) -> None:

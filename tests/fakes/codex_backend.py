@@ -368,6 +368,7 @@ class FakeCodexBackend:
             )
             self.websocket_enabled = True  # False: the handshake answers 426 (HTTP fallback)
             self.oauth_delay = 0.0  # seconds before /oauth/token answers
+            self.oauth_arrivals = 0  # /oauth/token requests received (answered or not yet)
             self.oauth_unavailable = False  # True: /oauth/token answers 503 (transient)
             # True: a request whose previous_response_id was not created by the same account
             # is refused with 400 previous_response_not_found, as the real backend does.
@@ -1150,6 +1151,7 @@ class _OAuthTokenHandler(_Base):
     async def post(self) -> None:
         backend = self.backend
         body = self.body_json if isinstance(self.body_json, dict) else {}
+        backend.oauth_arrivals += 1
         if backend.oauth_delay:
             await asyncio.sleep(backend.oauth_delay)
         now = time.time()
