@@ -28,6 +28,11 @@ DEFAULT_TOKEN_URL = "https://auth.openai.com/oauth/token"
 CLIENT_ID = "app_EMoamEEZ73f0CkXaXp7hrann"  # the Codex CLI's public OAuth client id
 # Refresh this long before `exp`, like the Codex CLI does.
 MARGIN_SECONDS = 300
+# Until the token has only this long left, a refresh runs in the background and the old token
+# serves meanwhile: a slow or failing token endpoint costs the turns nothing until then.
+WAIT_SECONDS = 60
+# After such a refresh failed for a reason that may pass, the next one waits this long.
+RETRY_AHEAD_SECONDS = 30
 TIMEOUT_SECONDS = 10.0  # per socket operation; the account's refresh lock is held meanwhile
 
 # Tokens travel in HTTP headers: printable ASCII without spaces only.
@@ -67,6 +72,12 @@ class RefreshFailed:
 def needs_refresh(credentials: Credentials, now: float, margin: float = MARGIN_SECONDS) -> bool:
     expires = credentials.expires_at
     return expires is not None and expires - now < margin and bool(credentials.refresh_token)
+
+
+def must_wait(credentials: Credentials, now: float) -> bool:
+    """Whether a request needing a refresh of these credentials must wait for it."""
+    expires = credentials.expires_at
+    return expires is None or expires - now <= WAIT_SECONDS
 
 
 def request_body(refresh_token: str) -> bytes:

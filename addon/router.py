@@ -33,9 +33,11 @@ from addon.failover import RETRY, Failover  # noqa: E402
 from addon.pool import Choice, Pool, PoolError  # noqa: E402
 from addon.refresh import (  # noqa: E402
     DEFAULT_TOKEN_URL,
+    RETRY_AHEAD_SECONDS,
     Refreshed,
     Refresher,
     RefreshFailed,
+    must_wait,
     needs_refresh,
     refresh_persisted,
 )
@@ -100,6 +102,8 @@ class Router:
         self._unusable: list[str] = []  # what was wrong with the options at start-up
         self._failover = Failover(lambda: self.pool, lambda: self.strategy, self._fresh)
         self._counted: dict[str, RefreshFailed] = {}  # the last failed refresh counted, per account
+        self._ahead: set[asyncio.Task[Refreshed | RefreshFailed]] = set()  # background refreshes
+        self._failed_at: dict[str, float] = {}  # when an account's last refresh failed (transient)
 
     # -- options ---------------------------------------------------------------------------
     def load(self, loader):  # type: ignore[no-untyped-def]
@@ -249,6 +253,8 @@ class Router:
         if self._task is not None:
             self._task.cancel()
             self._task = None
+        for task in list(self._ahead):
+            task.cancel()
         if self.saver is not None:
             self.saver.flush()
         self._refresh_threads.shutdown(wait=False)
@@ -427,6 +433,9 @@ class Router:
         now = time.time()
         if not force and not needs_refresh(account.credentials, now):
             return True
+        if not force and not must_wait(account.credentials, now):
+            self._refresh_ahead(account, now)
+            return True
         result = await self.refresher.refresh(account.id, account.credentials)
         if isinstance(result, Refreshed):
             return True
@@ -441,6 +450,18 @@ class Router:
             self._counted[account.id] = result
             self.pool.record_error(account, now)
         return False
+
+    def _refresh_ahead(self, account: Account, now: float) -> None:
+        """Start a refresh in the background, unless one runs or the last one failed lately."""
+        if account.id in self.refresher.inflight:
+            return
+        if now - self._failed_at.get(account.id, 0.0) < RETRY_AHEAD_SECONDS:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self.refresher.refresh(account.id, account.credentials)
+        )
+        self._ahead.add(task)  # held: the loop keeps only weak references to tasks
+        task.add_done_callback(self._ahead.discard)
 
     async def _refresh(
         self, account_id: str, credentials: Credentials
@@ -472,6 +493,7 @@ class Router:
             self.pool.mark(account, Status.REAUTH_REQUIRED, result.reason)
             logger.error("quota-router: %s needs a new login (%s)", account.name, result.reason)
         else:
+            self._failed_at[account_id] = time.time()
             logger.warning("quota-router: %s: %s", account.name, result.reason)
         return result
 

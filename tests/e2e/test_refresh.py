@@ -60,6 +60,28 @@ def test_concurrent_requests_share_one_refresh(tmp_path: Path) -> None:
         assert len(env.fake.refreshes) == 1
 
 
+def test_a_token_with_minutes_left_serves_the_turn_while_it_is_refreshed(
+    tmp_path: Path,
+) -> None:
+    minutes = int(time.time()) + 200  # inside the refresh margin, outside its last minute
+    with pool_env(tmp_path, [Spec("a", exp=minutes)]) as env:
+        env.fake.oauth_delay = 3.0
+        assert env.turn().status == 200
+        assert env.fake.refreshes == []  # the turn did not wait for the refresh's answer
+        [seen] = env.fake.requests_for("/backend-api/codex/responses")
+        assert seen.authorization == f"Bearer {env.token('a')}"
+        deadline = time.monotonic() + 15
+        while not env.fake.refreshes or stored_credentials(env.state, "a")["access_token"] != (
+            env.fake.refreshes[0].new_access_token
+        ):
+            assert time.monotonic() < deadline, "the new pair never reached the file"
+            time.sleep(0.05)
+        assert env.turn(session="next").status == 200
+        latest = env.fake.requests_for("/backend-api/codex/responses")[-1]
+        assert latest.authorization == f"Bearer {env.fake.refreshes[0].new_access_token}"
+        assert env.fake.oauth_arrivals == 1
+
+
 def test_a_slow_token_endpoint_does_not_hold_up_the_cli(tmp_path: Path) -> None:
     soon = int(time.time()) + 60
     with pool_env(tmp_path, [Spec("a", exp=soon), Spec("b")]) as env:
@@ -95,8 +117,9 @@ def test_a_reused_refresh_token_marks_the_account_for_re_login(tmp_path: Path) -
         assert "refresh_token_reused" in rows["a"]["reason"]
 
 
-def test_a_transient_refresh_failure_keeps_the_account(tmp_path: Path) -> None:
-    soon = int(time.time()) + 120  # inside the margin, not yet expired
+@pytest.mark.parametrize("left", [120, 40], ids=["in-the-background", "in-its-last-minute"])
+def test_a_transient_refresh_failure_keeps_the_account(tmp_path: Path, left: int) -> None:
+    soon = int(time.time()) + left  # inside the margin, not yet expired
     with pool_env(tmp_path, [Spec("a", exp=soon)]) as env:
         env.fake.oauth_unavailable = True
         assert env.turn().status == 200

@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from wsproto.frame_protocol import Opcode
 
 from addon import placeholder
 from addon import router as router_module
-from addon.refresh import RefreshFailed
+from addon.refresh import RETRY_AHEAD_SECONDS, Refreshed, RefreshFailed
 from addon.router import Router
 from addon.state import Account, Credentials, State, Window
 from addon.statefile import StateFile
@@ -486,6 +487,80 @@ def test_one_failed_refresh_is_one_error_and_one_line_however_many_wait(
     assert [r.getMessage() for r in caplog.records].count(
         "quota-router: a: token refresh failed (HTTP 503)"
     ) == 1
+
+
+def expiring_in(account: Account, seconds: float) -> None:
+    account.credentials = account.credentials.model_copy(
+        update={"expires_at": time.time() + seconds, "refresh_token": "rt-a"}
+    )
+
+
+def test_a_token_with_minutes_left_is_refreshed_in_the_background(
+    router: Fixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request goes on with the old token at once; the new one is there afterwards."""
+    addon, _ = router
+    account = addon.pool.get("a")
+    expiring_in(account, 200)
+    answer = threading.Event()
+    new = account.credentials.model_copy(update={"access_token": "new", "expires_at": None})
+
+    def slow(*_: object) -> tuple[Refreshed, bool]:  # the token endpoint takes its time
+        assert answer.wait(10)
+        return Refreshed(new, None, None), True
+
+    monkeypatch.setattr(router_module, "refresh_persisted", slow)
+
+    async def request_then_refresh() -> None:
+        assert await addon._fresh(account)  # did not wait: `slow` has not answered
+        assert addon.pool.get("a").credentials.access_token != "new"
+        [ahead] = addon._ahead
+        answer.set()
+        await ahead
+
+    run(request_then_refresh())
+    assert addon.pool.get("a").credentials.access_token == "new"
+    assert addon.refresher.calls == 1
+
+
+def test_a_failed_background_refresh_is_tried_again_only_after_a_while(
+    router: Fixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    addon, _ = router
+    account = addon.pool.get("a")
+    expiring_in(account, 200)
+
+    def failing(*_: object) -> tuple[RefreshFailed, bool]:
+        return RefreshFailed(False, "token refresh failed (HTTP 503)"), False
+
+    monkeypatch.setattr(router_module, "refresh_persisted", failing)
+
+    async def requests() -> None:
+        for _ in range(3):
+            assert await addon._fresh(account)  # the old token serves meanwhile
+            await asyncio.gather(*addon._ahead)
+
+    run(requests())
+    assert addon.refresher.calls == 1
+    assert account.backoff is None  # the account itself is fine
+    addon._failed_at[account.id] -= RETRY_AHEAD_SECONDS
+    run(requests())
+    assert addon.refresher.calls == 2
+
+
+def test_a_token_in_its_last_minute_is_refreshed_before_use(
+    router: Fixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    addon, _ = router
+    account = addon.pool.get("a")
+    expiring_in(account, 50)
+    new = account.credentials.model_copy(update={"access_token": "new", "expires_at": None})
+    monkeypatch.setattr(
+        router_module, "refresh_persisted", lambda *_: (Refreshed(new, None, None), True)
+    )
+    assert run(addon._fresh(account))
+    assert not addon._ahead
+    assert addon.pool.get("a").credentials.access_token == "new"
 
 
 def test_accounts_check_is_answered_for_the_client_when_no_account_can_make_it(
