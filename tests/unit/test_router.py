@@ -489,19 +489,21 @@ def test_one_failed_refresh_is_one_error_and_one_line_however_many_wait(
     ) == 1
 
 
-def expiring_in(account: Account, seconds: float) -> None:
+def expiring_in(router: Fixture, seconds: float) -> tuple[Router, Account]:
+    """The router, and its account a with a token that expires in `seconds`."""
+    addon, _ = router
+    account = addon.pool.get("a")
     account.credentials = account.credentials.model_copy(
         update={"expires_at": time.time() + seconds, "refresh_token": "rt-a"}
     )
+    return addon, account
 
 
 def test_a_token_with_minutes_left_is_refreshed_in_the_background(
     router: Fixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The request goes on with the old token at once; the new one is there afterwards."""
-    addon, _ = router
-    account = addon.pool.get("a")
-    expiring_in(account, 200)
+    addon, account = expiring_in(router, 200)
     answer = threading.Event()
     new = account.credentials.model_copy(update={"access_token": "new", "expires_at": None})
 
@@ -526,9 +528,7 @@ def test_a_token_with_minutes_left_is_refreshed_in_the_background(
 def test_a_failed_background_refresh_is_tried_again_only_after_a_while(
     router: Fixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    addon, _ = router
-    account = addon.pool.get("a")
-    expiring_in(account, 200)
+    addon, account = expiring_in(router, 200)
 
     def failing(*_: object) -> tuple[RefreshFailed, bool]:
         return RefreshFailed(False, "token refresh failed (HTTP 503)"), False
@@ -551,9 +551,7 @@ def test_a_failed_background_refresh_is_tried_again_only_after_a_while(
 def test_a_token_in_its_last_minute_is_refreshed_before_use(
     router: Fixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    addon, _ = router
-    account = addon.pool.get("a")
-    expiring_in(account, 50)
+    addon, account = expiring_in(router, 50)
     new = account.credentials.model_copy(update={"access_token": "new", "expires_at": None})
     monkeypatch.setattr(
         router_module, "refresh_persisted", lambda *_: (Refreshed(new, None, None), True)
