@@ -11,9 +11,14 @@ class Refusal:
     status: int
     body: dict[str, object]
     reason: str  # one line for logs and the flow comment
+    plain: bool = False  # sent as the reason in plain text, not as the JSON body
 
     def content(self) -> bytes:
-        return json.dumps(self.body).encode()
+        return self.reason.encode() if self.plain else json.dumps(self.body).encode()
+
+    @property
+    def content_type(self) -> str:
+        return "text/plain; charset=utf-8" if self.plain else "application/json"
 
 
 def usage_limit(resets_at: int, now: float, plan: str | None) -> Refusal:
@@ -33,6 +38,14 @@ def usage_limit(resets_at: int, now: float, plan: str | None) -> Refusal:
 def unavailable(code: str, message: str) -> Refusal:
     body = {"error": {"type": "no_account_available", "code": code, "message": message}}
     return Refusal(503, body, message)
+
+
+def needs_the_user(code: str, message: str) -> Refusal:
+    """Nothing changes until someone acts (resume an account, log in again): a 400, which
+    Codex does not retry (a 503 it retries for about 30 s before the user sees anything) and
+    whose body it shows as it is, so the body is the message itself."""
+    body = {"error": {"type": "no_account_available", "code": code, "message": message}}
+    return Refusal(400, body, message, plain=True)
 
 
 def conversation_stuck(account: str, why: str) -> Refusal:

@@ -286,12 +286,12 @@ class Pool:
                 f"{max(1, round(min(backing_off) - now))} s",
             )
         if all(a.status is Status.PAUSED for a in self.accounts):
-            return answers.unavailable(
+            return answers.needs_the_user(
                 "all_accounts_paused",
                 "quota-router: every pooled account is paused; resume one with "
                 "`python -m addon resume NAME`.",
             )
-        return answers.unavailable(
+        return answers.needs_the_user(
             "all_accounts_need_login",
             "quota-router: no pooled account can be used: each one is paused or needs a new "
             "login (`python -m addon import AUTH_JSON --name NAME --replace`).",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import functools
 import json
 import logging
@@ -323,7 +324,7 @@ class Router:
                     if is_websocket:
                         # A refused handshake ends Codex's turn with "exceeded retry limit";
                         # a 426 sends it to HTTP, where this answer shows as it should.
-                        decision = answers.Refusal(426, decision.body, decision.reason)
+                        decision = dataclasses.replace(decision, status=426)
                     elif routing.is_accounts_check(req.path) and client_id:
                         decision = answers.accounts_check_for_the_client(client_id, decision)
                     self._answer(flow, decision)
@@ -416,7 +417,7 @@ class Router:
 
     def _answer(self, flow: http.HTTPFlow, refusal: answers.Refusal) -> None:
         flow.response = http.Response.make(
-            refusal.status, refusal.content(), {"content-type": "application/json"}
+            refusal.status, refusal.content(), {"content-type": refusal.content_type}
         )
         flow.marked = ":no_entry:"
         flow.comment = f"quota-router answered {refusal.status}: {refusal.reason}"

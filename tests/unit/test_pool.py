@@ -115,7 +115,7 @@ def test_choose_refuses_when_every_account_is_paused(
 ) -> None:
     pool = pool_of(make_account("A", status=Status.PAUSED))
     refusal = pool.choose(FILL, now)
-    assert isinstance(refusal, Refusal) and refusal.status == 503
+    assert isinstance(refusal, Refusal) and refusal.status == 400
 
 
 def test_fill_first_follows_limits_and_fresh_usage(
@@ -181,18 +181,24 @@ def test_a_paused_account_with_an_old_limit_does_not_set_the_reset_time(
     assert pool.refusal(now).body["error"]["resets_at"] == int(now) + 500  # type: ignore[index]
 
 
-def test_all_paused_refuses_with_503_saying_so(make_account: AccountFactory, now: float) -> None:
+def test_all_paused_refuses_with_a_400_saying_so_in_plain_text(
+    make_account: AccountFactory, now: float
+) -> None:
+    """Not a 5xx: Codex retries those for half a minute before it shows the message, and
+    resuming an account takes someone doing it. A 400's body Codex shows as it is."""
     pool = pool_of(make_account("A", status=Status.PAUSED), make_account("B", status=Status.PAUSED))
     refusal = pool.refusal(now)
-    assert refusal.status == 503
+    assert refusal.status == 400
     error = refusal.body["error"]
     assert isinstance(error, dict)
     assert error["code"] == "all_accounts_paused"
     assert "paused" in str(error["message"]) and "resume" in str(error["message"])
+    assert refusal.content() == str(error["message"]).encode()
+    assert refusal.content_type == "text/plain; charset=utf-8"
 
 
 @pytest.mark.parametrize("other", [Status.REAUTH_REQUIRED, Status.PAUSED])
-def test_all_needing_login_refuses_with_503_saying_so(
+def test_all_needing_login_refuses_with_a_400_saying_so(
     make_account: AccountFactory, now: float, other: Status
 ) -> None:
     pool = pool_of(
@@ -200,7 +206,7 @@ def test_all_needing_login_refuses_with_503_saying_so(
         make_account("B", status=other),
     )
     refusal = pool.refusal(now)
-    assert refusal.status == 503
+    assert refusal.status == 400 and refusal.plain
     error = refusal.body["error"]
     assert isinstance(error, dict)
     assert error["code"] == "all_accounts_need_login"

@@ -246,9 +246,10 @@ def test_nothing_eligible_is_answered_locally_and_marked(router: Fixture) -> Non
     tctx.command(addon.pause, "b")
     flow = codex_flow()
     run(addon.request(flow))
-    assert flow.response is not None and flow.response.status_code == 503
+    assert flow.response is not None and flow.response.status_code == 400
+    assert flow.response.headers["content-type"] == "text/plain; charset=utf-8"
     assert flow.marked
-    assert "paused" in json.loads(flow.response.content or b"")["error"]["message"]
+    assert (flow.response.text or "").startswith("quota-router: every pooled account is paused")
     assert "paused" in flow.comment
 
 
@@ -578,5 +579,5 @@ def test_accounts_check_is_answered_for_the_client_when_no_account_can_make_it(
     assert reply["default_account_id"] == CLIENT["account_id"]
     turn = codex_flow()
     run(addon.request(turn))
-    assert turn.response is not None and turn.response.status_code == 503
+    assert turn.response is not None and turn.response.status_code == 400
     assert "every pooled account is paused" in (turn.response.text or "")
