@@ -207,27 +207,34 @@ def _refresh_locked(
     except StateFileError:
         disk = None  # unreadable now: refresh anyway, the saver persists it later
     account = next((a for a in disk.accounts if a.id == account_id), None) if disk else None
-    if account is not None:
-        stored = account.credentials
-        if stored.updated_at > credentials.updated_at and (
-            stored.refresh_token != credentials.refresh_token
-        ):
-            return Refreshed(stored, account.plan, account.email), True
+    if account is not None and _replaced(account.credentials, credentials):
+        # Another process refreshed it first (its refresh token is spent), or a new login.
+        return Refreshed(account.credentials, account.plan, account.email), True
     result = post_refresh(url, credentials, verify)
     if not isinstance(result, Refreshed):
         return result, False
-    return result, _store(file, account_id, result)
+    return _store(file, account_id, credentials, result)
 
 
-def _store(file: StateFile, account_id: str, result: Refreshed) -> bool:
+def _replaced(stored: Credentials, old: Credentials) -> bool:
+    """Whether another writer put a new login in place of `old` (a newer, different pair)."""
+    return stored.updated_at > old.updated_at and stored.refresh_token != old.refresh_token
+
+
+def _store(
+    file: StateFile, account_id: str, old: Credentials, result: Refreshed
+) -> tuple[Refreshed, bool]:
     """Write a refreshed pair into the file as it is now (others may have written it during
-    the call); False when that cannot be done (the proxy's saver persists it later)."""
+    the call). A login imported meanwhile wins, as it would have had it come after the
+    refresh. Not persisted when the file cannot be written (the proxy's saver tries later)."""
     try:
         with file.locked():
             disk = file.read_settled()
             account = next((a for a in disk.accounts if a.id == account_id), None) if disk else None
             if disk is None or account is None:
-                return False
+                return result, False
+            if _replaced(account.credentials, old):
+                return Refreshed(account.credentials, account.plan, account.email), True
             account.credentials = result.credentials
             if result.plan is not None:
                 account.plan = result.plan
@@ -235,8 +242,8 @@ def _store(file: StateFile, account_id: str, result: Refreshed) -> bool:
                 account.email = result.email
             file.write_aside(disk)
     except (StateFileError, OSError):
-        return False
-    return True
+        return result, False
+    return result, True
 
 
 class Refresher:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -158,6 +159,32 @@ def test_the_file_stays_writable_while_the_token_endpoint_answers(
     assert isinstance(result, Refreshed) and persisted
     assert stored(path, "a").credentials.refresh_token == result.credentials.refresh_token
     assert stored(path, "b").status is Status.PAUSED
+
+
+def test_a_login_imported_during_the_call_wins_over_its_refresh(
+    tmp_path: Path, endpoint: TokenEndpoint
+) -> None:
+    """`import --replace` while the account's refresh waits for its answer: the new login is
+    kept (as if it had come after the refresh), and the proxy takes it instead."""
+    path = tmp_path / "state.toml"
+    a = pooled(path, "a")["a"]
+    endpoint.gate.clear()
+    thread, results = in_thread(path, a, endpoint.url)
+    endpoint.wait_for_a_call()
+    imported = a.credentials.model_copy(
+        update={"refresh_token": f"acct-a:{make_refresh_token()}", "updated_at": time.time()}
+    )
+
+    def replace_login(state: statefile.State) -> None:
+        state.accounts[0].credentials = imported
+
+    StateFile(path).edit(replace_login)
+    endpoint.gate.set()
+    thread.join(10)
+    [(result, persisted)] = results
+    assert isinstance(result, Refreshed) and persisted
+    assert result.credentials.refresh_token == imported.refresh_token
+    assert stored(path, "a").credentials.refresh_token == imported.refresh_token
 
 
 def test_a_busy_file_lock_after_the_call_keeps_the_pair_for_the_saver(
