@@ -99,7 +99,9 @@ def test_kill_9_at_random_moments_never_loses_an_account_or_an_acknowledged_rota
     soon = int(time.time()) + 60
     specs = [Spec(name, exp=soon) for name in ("a", "b", "c")]
     tally = Tally()
-    with FaultyBackend(access_token_lifetime=240, usage_step=(0.0, 0.0)) as fake:
+    # Tokens live 50 s, inside the last minute in which a request waits for its refresh: every
+    # use refreshes first, so every round rotates tokens and uses the new ones upstream.
+    with FaultyBackend(access_token_lifetime=50, usage_step=(0.0, 0.0)) as fake:
         auths = import_accounts(fake, state, specs)
         first = read_state(state)
         ids = {a.name: a.id for a in first.accounts}
