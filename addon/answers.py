@@ -48,9 +48,11 @@ def needs_the_user(code: str, message: str) -> Refusal:
     return Refusal(400, body, message, plain=True)
 
 
-def conversation_stuck(account: str, why: str) -> Refusal:
+def conversation_stuck(account: str, why: str, lasting: bool) -> Refusal:
     """A request bound to one account's state (previous response, encrypted reasoning) while
-    that account cannot serve: sending it elsewhere would fail upstream anyway."""
+    that account cannot serve: sending it elsewhere would fail upstream anyway. `lasting`:
+    until someone acts (paused, needs a new login), so a 400 Codex shows at once (see
+    needs_the_user); else a 409, which Codex retries for some seconds first."""
     message = (
         f"quota-router: this conversation belongs to account {account!r}, which cannot serve "
         f"now ({why}); start a new conversation to continue on another account."
@@ -58,7 +60,7 @@ def conversation_stuck(account: str, why: str) -> Refusal:
     body = {
         "error": {"type": "invalid_request_error", "code": "conversation_bound", "message": message}
     }
-    return Refusal(409, body, message)
+    return Refusal(400, body, message, plain=True) if lasting else Refusal(409, body, message)
 
 
 def accounts_check_for_the_client(client_account_id: str, refusal: Refusal) -> Refusal:

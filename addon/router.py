@@ -407,7 +407,8 @@ class Router:
         if why is None or not routing.has_account_bound_refs(body()):
             return None
         refusal = self.pool.refusal_for(owner, now)
-        return refusal or answers.conversation_stuck(owner.name, why)
+        lasting = owner.status is not Status.ACTIVE  # paused, or needs a new login
+        return refusal or answers.conversation_stuck(owner.name, why, lasting)
 
     def _apply(self, flow: http.HTTPFlow, credentials: Credentials) -> None:
         values = {b"authorization": f"Bearer {credentials.access_token}".encode()}

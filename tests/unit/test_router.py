@@ -253,6 +253,34 @@ def test_nothing_eligible_is_answered_locally_and_marked(router: Fixture) -> Non
     assert "paused" in flow.comment
 
 
+@pytest.mark.parametrize("owner_is", ["paused", "backing off"])
+def test_a_turn_bound_to_an_account_that_cannot_serve_says_so(
+    router: Fixture, owner_is: str
+) -> None:
+    """Paused (or needing a new login) lasts until someone acts: a 400 Codex shows at once.
+    Backing off passes: a 409, which Codex retries for a few seconds."""
+    addon, tctx = router
+    first = codex_flow(**{"session-id": "thread-7"})
+    run(addon.request(first))
+    owner = addon.pool.get(first.metadata["quota_router"]["account"])
+    if owner_is == "paused":
+        tctx.command(addon.pause, owner.name)
+    else:
+        addon.pool.record_error(owner, time.time())
+    bound = codex_flow(**{"session-id": "thread-7"})
+    bound.request.content = json.dumps({"previous_response_id": "resp_123"}).encode()
+    run(addon.request(bound))
+    assert bound.response is not None
+    message = f"this conversation belongs to account {owner.name!r}, which cannot serve now"
+    if owner_is == "paused":
+        assert bound.response.status_code == 400
+        assert (bound.response.text or "").startswith(f"quota-router: {message} (paused)")
+    else:
+        assert bound.response.status_code == 409
+        error = json.loads(bound.response.content or b"")["error"]
+        assert error["code"] == "conversation_bound" and message in error["message"]
+
+
 def test_commands_report_unknown_accounts(router: Fixture) -> None:
     addon, tctx = router
     with pytest.raises(exceptions.CommandError, match="no account named 'zed'"):
