@@ -55,10 +55,15 @@ logger = logging.getLogger(__name__)
 META = "quota_router"  # flow.metadata: which account serves the flow (ids and names only)
 AUTH_HOST = "auth.openai.com"
 TOKEN_PATH = "/oauth/token"
-# How mitmproxy words a flow the client ended, or someone killed, before its answer: no fault
-# of the account (Codex gives up on side calls that wait for a slow token refresh). mitmproxy
-# also words an HTTP/2 reset by the server "stream reset by client": not counted either.
-NOT_UPSTREAMS_FAULT = ("Client disconnected", "stream reset by client", Error.KILLED_MESSAGE)
+# How mitmproxy words a flow the client ended, or someone killed, before its answer (lower
+# case): no fault of the account (Codex gives up on side calls that wait for a slow token
+# refresh, and cancels calls still connecting when it exits). mitmproxy also words an HTTP/2
+# reset by the server "stream reset by client": not counted either.
+NOT_UPSTREAMS_FAULT = (
+    "client disconnected",
+    "stream reset by client",
+    Error.KILLED_MESSAGE.lower(),
+)
 REFRESH_THREADS = 8  # token refreshes of different accounts at once
 
 
@@ -603,10 +608,11 @@ class Router:
     def error(self, flow: http.HTTPFlow) -> None:
         self._pristine.pop(flow.id, None)
         account = self._account(flow)
-        cause = flow.error.msg if flow.error else ""
+        cause = flow.error.msg.lower() if flow.error else ""
         if (
             account is not None
             and flow.response is None
+            and flow.client_conn.timestamp_end is None  # else the client left first
             and not cause.startswith(NOT_UPSTREAMS_FAULT)
         ):
             self.pool.record_error(account, time.time())

@@ -468,24 +468,29 @@ def test_steering_commands_apply_at_once(router: Fixture) -> None:
 
 
 @pytest.mark.parametrize(
-    ("cause", "counted"),
+    ("cause", "client_left", "counted"),
     [
-        ("Client disconnected.", False),
-        ("stream reset by client (CANCEL)", False),
-        ("Connection killed.", False),
-        ("Server disconnected.", True),
-        ("[Errno 111] Connection refused", True),
+        ("Client disconnected.", False, False),
+        ("client disconnected", False, False),  # the server connection cancelled as it opened
+        ("stream reset by client (CANCEL)", False, False),
+        ("Connection killed.", False, False),
+        ("connection closed", True, False),  # the upstream TLS handshake, cut by the client leaving
+        ("connection closed", False, True),  # ... by the upstream
+        ("Server disconnected.", False, True),
+        ("[Errno 111] Connection refused", False, True),
     ],
 )
 def test_only_a_failure_upstream_counts_against_the_account(
-    router: Fixture, cause: str, counted: bool
+    router: Fixture, cause: str, client_left: bool, counted: bool
 ) -> None:
-    """Codex gives up on calls that wait (for a slow token refresh, say): that says nothing
-    of the account, and must not send a healthy account into backoff."""
+    """Codex gives up on calls that wait (for a slow token refresh, say) and cancels calls
+    still connecting when it exits: that says nothing of the account, and must not send a
+    healthy account into backoff."""
     addon, _ = router
     flow = codex_flow()
     run(addon.request(flow))
     flow.error = Error(cause)
+    flow.client_conn.timestamp_end = time.time() if client_left else None
     addon.error(flow)
     backoff = addon.pool.get("a").backoff
     assert (backoff is not None) is counted
