@@ -334,11 +334,14 @@ class Pool:
         self.last_probe = max(self.last_probe, now)
         self._changed(account)
 
-    def record_error(self, account: Account, now: float) -> float:
-        """An upstream error without a reset time: back off, longer each time. Returns until."""
+    def record_error(self, account: Account, now: float, cause: str | None = None) -> float:
+        """An error without a reset time (upstream, or `cause`): back off, longer each time.
+        Returns until."""
         errors = account.backoff.errors + 1 if account.backoff else 1
         delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (errors - 1))
-        account.backoff = Backoff(errors=errors, until=now + delay, observed_at=now)
+        account.backoff = Backoff(
+            errors=errors, until=now + delay, observed_at=now, cause=cause and cause[:200]
+        )
         self._changed(account, routine=True)
         return now + delay
 

@@ -31,9 +31,13 @@ MARGIN_SECONDS = 300
 # Until the token has only this long left, a refresh runs in the background and the old token
 # serves meanwhile: a slow or failing token endpoint costs the turns nothing until then.
 WAIT_SECONDS = 60
-# After such a refresh failed for a reason that may pass, the next one waits this long.
+# After a refresh failed for a reason that may pass, the next one waits this long.
 RETRY_AHEAD_SECONDS = 30
-TIMEOUT_SECONDS = 10.0  # per socket operation; the account's refresh lock is held meanwhile
+# Requests wait this long at most for a refresh's answer, and the refresh goes on without them:
+# the token endpoint may rotate the refresh token and answer late, and that answer, the only
+# copy of the new pair, must still be stored.
+WAIT_FOR_ANSWER_SECONDS = 10.0
+TIMEOUT_SECONDS = 60.0  # per socket operation; the account's refresh lock is held meanwhile
 
 # Tokens travel in HTTP headers: printable ASCII without spaces only.
 _TOKEN = re.compile(r"[!-~]{1,16384}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import json
@@ -35,6 +36,7 @@ from addon.pool import Choice, Pool, PoolError  # noqa: E402
 from addon.refresh import (  # noqa: E402
     DEFAULT_TOKEN_URL,
     RETRY_AHEAD_SECONDS,
+    WAIT_FOR_ANSWER_SECONDS,
     Refreshed,
     Refresher,
     RefreshFailed,
@@ -107,9 +109,12 @@ class Router:
         self._notices = StreamNotices()
         self._unusable: list[str] = []  # what was wrong with the options at start-up
         self._failover = Failover(lambda: self.pool, lambda: self.strategy, self._fresh)
-        self._counted: dict[str, RefreshFailed] = {}  # the last failed refresh counted, per account
-        self._ahead: set[asyncio.Task[Refreshed | RefreshFailed]] = set()  # background refreshes
-        self._failed_at: dict[str, float] = {}  # when an account's last refresh failed (transient)
+        # Per account: its refresh in flight (or last), when it started, and its last transient
+        # failure and when (the next try waits RETRY_AHEAD_SECONDS).
+        self._refreshing: dict[str, asyncio.Task[object]] = {}
+        self._started: dict[str, float] = {}
+        self._failed: dict[str, RefreshFailed] = {}
+        self._failed_at: dict[str, float] = {}
 
     # -- options ---------------------------------------------------------------------------
     def load(self, loader):  # type: ignore[no-untyped-def]
@@ -259,7 +264,7 @@ class Router:
         if self._task is not None:
             self._task.cancel()
             self._task = None
-        for task in list(self._ahead):
+        for task in self._refreshing.values():
             task.cancel()
         if self.saver is not None:
             self.saver.flush()
@@ -440,35 +445,53 @@ class Router:
         now = time.time()
         if not force and not needs_refresh(account.credentials, now):
             return True
+        task = self._refresh_task(account, now)
         if not force and not must_wait(account.credentials, now):
-            self._refresh_ahead(account, now)
-            return True
-        result = await self.refresher.refresh(account.id, account.credentials)
+            return True  # refreshing in the background: the old token serves meanwhile
+        result: Refreshed | RefreshFailed | None = None
+        # All requests together wait WAIT_FOR_ANSWER_SECONDS at most from the refresh's start;
+        # the refresh itself goes on (a token endpoint that answers late has already spent
+        # the old refresh token: its answer must still be stored).
+        budget = WAIT_FOR_ANSWER_SECONDS - (now - self._started.get(account.id, now))
+        if task is not None and budget > 0:
+            with contextlib.suppress(TimeoutError):
+                result = await asyncio.wait_for(asyncio.shield(task), budget)
         if isinstance(result, Refreshed):
             return True
-        if result.permanent:
+        if isinstance(result, RefreshFailed) and result.permanent:
             return False  # marked and said by _refresh
+        return self._old_token_or_backoff(account, force)
+
+    def _old_token_or_backoff(self, account: Account, force: bool) -> bool:
+        """No new token for this request: the old one while it lasts, else the account backs
+        off so that the request (and the next ones) go elsewhere. Once per backoff, however
+        many requests waited: one failed refresh is one error."""
+        now = time.time()  # after the wait
         account = self.pool.by_id(account.id) or account  # adopt() may have replaced it
         expires = account.credentials.expires_at
         if not force and expires is not None and expires > now + 5:
-            return True  # the old token still works for a little while
-        # Every request waiting for one refresh gets its result: one failure counts once.
-        if self._counted.get(account.id) is not result:
-            self._counted[account.id] = result
-            self.pool.record_error(account, now)
+            return True
+        if account.backoff is None or account.backoff.until <= now:
+            failed = self._failed.get(account.id)
+            cause = failed.reason if failed else "token refresh waiting for its answer"
+            self.pool.record_error(account, now, cause)
         return False
 
-    def _refresh_ahead(self, account: Account, now: float) -> None:
-        """Start a refresh in the background, unless one runs or the last one failed lately."""
-        if account.id in self.refresher.inflight:
-            return
-        if now - self._failed_at.get(account.id, 0.0) < RETRY_AHEAD_SECONDS:
-            return
+    def _refresh_task(self, account: Account, now: float) -> asyncio.Task[object] | None:
+        """The account's refresh in flight, else a new one started in the background; None
+        while its last one failed less than RETRY_AHEAD_SECONDS ago (not tried again yet)."""
+        running = self._refreshing.get(account.id)
+        if running is not None and not running.done():
+            return running
+        failed = self._failed.get(account.id)
+        if failed is not None and now - self._failed_at.get(account.id, 0.0) < RETRY_AHEAD_SECONDS:
+            return None
         task = asyncio.get_running_loop().create_task(
             self.refresher.refresh(account.id, account.credentials)
         )
-        self._ahead.add(task)  # held: the loop keeps only weak references to tasks
-        task.add_done_callback(self._ahead.discard)
+        self._refreshing[account.id] = task  # held: the loop keeps only weak references
+        self._started[account.id] = now
+        return task
 
     async def _refresh(
         self, account_id: str, credentials: Credentials
@@ -500,7 +523,7 @@ class Router:
             self.pool.mark(account, Status.REAUTH_REQUIRED, result.reason)
             logger.error("quota-router: %s needs a new login (%s)", account.name, result.reason)
         else:
-            self._failed_at[account_id] = time.time()
+            self._failed[account_id], self._failed_at[account_id] = result, time.time()
             logger.warning("quota-router: %s: %s", account.name, result.reason)
         return result
 

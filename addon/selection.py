@@ -62,6 +62,8 @@ def skip_reason(account: Account, now: float) -> str | None:
     if blocked_until(account, now) is not None:
         return "rate limited"
     if account.backoff is not None and account.backoff.until > now:
+        if account.backoff.cause:
+            return f"backing off after {account.backoff.errors} error(s): {account.backoff.cause}"
         return f"backing off after {account.backoff.errors} upstream error(s)"
     return None
 

@@ -109,6 +109,7 @@ class Backoff(_Frozen):
     errors: int = Field(ge=1, le=10**6)
     until: Stamp
     observed_at: Stamp = 0.0
+    cause: str | None = Field(default=None, max_length=200)  # the last error, when not upstream
 
 
 class Conversation(_Frozen):

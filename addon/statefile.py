@@ -49,8 +49,9 @@ FOOTER = "# end of the state file: the proxy takes a changed file in once it end
 _FOOTER_MARK = FOOTER.rstrip().encode()
 SETTLE = 3.0
 LOCK_TIMEOUT = 15.0
-# A refresh holds its account's lock for one token call and one write (each bounded).
-REFRESH_LOCK_TIMEOUT = 30.0
+# A refresh holds its account's lock for one token call (refresh.TIMEOUT_SECONDS per socket
+# operation: connect, send, answer) and one write.
+REFRESH_LOCK_TIMEOUT = 240.0
 # Temp files are `.<name>.<pid>.<hex>`; this matches the part after `.<name>.`.
 _TEMP_SUFFIX = re.compile(r"\d+\.[0-9a-f]{8,32}")
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)

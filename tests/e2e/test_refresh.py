@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from addon import placeholder
+from addon.refresh import WAIT_FOR_ANSWER_SECONDS
 from tests.e2e.harness import https_request
 from tests.e2e.pool_env import Spec, cli, pool_env
 
@@ -80,6 +81,24 @@ def test_a_token_with_minutes_left_serves_the_turn_while_it_is_refreshed(
         latest = env.fake.requests_for("/backend-api/codex/responses")[-1]
         assert latest.authorization == f"Bearer {env.fake.refreshes[0].new_access_token}"
         assert env.fake.oauth_arrivals == 1
+
+
+def test_a_token_endpoint_answering_late_has_its_answer_stored(tmp_path: Path) -> None:
+    """It rotates the refresh token and answers after the turn stopped waiting (the turn went
+    to b): that answer holds the only live refresh token, and must reach the file."""
+    expired = int(time.time()) - 10
+    with pool_env(tmp_path, [Spec("a", primary=50, exp=expired), Spec("b")]) as env:
+        env.fake.oauth_delay = WAIT_FOR_ANSWER_SECONDS + 3
+        assert env.turn().status == 200
+        [seen] = env.fake.requests_for("/backend-api/codex/responses")
+        assert seen.account_id == "acct-b"
+        deadline = time.monotonic() + 20
+        while not env.fake.refreshes or stored_credentials(env.state, "a")["refresh_token"] != (
+            env.fake.refreshes[0].new_refresh_token
+        ):
+            assert time.monotonic() < deadline, "the late answer never reached the file"
+            time.sleep(0.1)
+        assert [r.outcome for r in env.fake.refreshes] == ["ok"]
 
 
 def test_a_slow_token_endpoint_does_not_hold_up_the_cli(tmp_path: Path) -> None:

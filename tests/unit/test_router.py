@@ -533,24 +533,30 @@ def expiring_in(router: Fixture, seconds: float) -> tuple[Router, Account]:
     return addon, account
 
 
+def slow_refresh(monkeypatch: pytest.MonkeyPatch, account: Account) -> threading.Event:
+    """The token endpoint answers (access token "new") once the returned event is set."""
+    answer = threading.Event()
+    new = account.credentials.model_copy(update={"access_token": "new", "expires_at": None})
+
+    def slow(*_: object) -> tuple[Refreshed, bool]:
+        assert answer.wait(10)
+        return Refreshed(new, None, None), True
+
+    monkeypatch.setattr(router_module, "refresh_persisted", slow)
+    return answer
+
+
 def test_a_token_with_minutes_left_is_refreshed_in_the_background(
     router: Fixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The request goes on with the old token at once; the new one is there afterwards."""
     addon, account = expiring_in(router, 200)
-    answer = threading.Event()
-    new = account.credentials.model_copy(update={"access_token": "new", "expires_at": None})
-
-    def slow(*_: object) -> tuple[Refreshed, bool]:  # the token endpoint takes its time
-        assert answer.wait(10)
-        return Refreshed(new, None, None), True
-
-    monkeypatch.setattr(router_module, "refresh_persisted", slow)
+    answer = slow_refresh(monkeypatch, account)
 
     async def request_then_refresh() -> None:
         assert await addon._fresh(account)  # did not wait: `slow` has not answered
         assert addon.pool.get("a").credentials.access_token != "new"
-        [ahead] = addon._ahead
+        [ahead] = addon._refreshing.values()
         answer.set()
         await ahead
 
@@ -572,13 +578,58 @@ def test_a_failed_background_refresh_is_tried_again_only_after_a_while(
     async def requests() -> None:
         for _ in range(3):
             assert await addon._fresh(account)  # the old token serves meanwhile
-            await asyncio.gather(*addon._ahead)
+            await asyncio.gather(*addon._refreshing.values())
 
     run(requests())
     assert addon.refresher.calls == 1
     assert account.backoff is None  # the account itself is fine
     addon._failed_at[account.id] -= RETRY_AHEAD_SECONDS
     run(requests())
+    assert addon.refresher.calls == 2
+
+
+def test_requests_wait_for_a_refresh_only_so_long_and_it_goes_on(
+    router: Fixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An expired token and a slow token endpoint: requests stop waiting (the account backs
+    off, once, saying why), the refresh does not, and its answer is taken in."""
+    addon, account = expiring_in(router, -10)
+    monkeypatch.setattr(router_module, "WAIT_FOR_ANSWER_SECONDS", 0.2)
+    answer = slow_refresh(monkeypatch, account)
+
+    async def scenario() -> None:
+        assert not await addon._fresh(account)
+        backoff = addon.pool.get("a").backoff
+        assert backoff is not None and backoff.errors == 1
+        assert backoff.cause == "token refresh waiting for its answer"
+        assert not await addon._fresh(account)  # the wait is used up: no second one
+        assert addon.pool.get("a").backoff == backoff  # ... and no second error
+        answer.set()
+        await asyncio.gather(*addon._refreshing.values())
+
+    run(scenario())
+    assert addon.pool.get("a").credentials.access_token == "new"
+    assert addon.refresher.calls == 1
+
+
+def test_a_failed_refresh_is_tried_again_only_after_a_while_when_requests_must_wait(
+    router: Fixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    addon, account = expiring_in(router, -10)
+
+    def failing(*_: object) -> tuple[RefreshFailed, bool]:
+        return RefreshFailed(False, "token refresh failed: TimeoutError"), False
+
+    monkeypatch.setattr(router_module, "refresh_persisted", failing)
+    assert not run(addon._fresh(account))
+    backoff = addon.pool.get("a").backoff
+    assert backoff is not None and backoff.cause == "token refresh failed: TimeoutError"
+    assert "backing off after 1 error(s): token refresh failed" in addon.status()
+    account.backoff = None  # the backoff is over; the refresh failed moments ago
+    assert not run(addon._fresh(account))
+    assert addon.refresher.calls == 1
+    addon._failed_at[account.id] -= RETRY_AHEAD_SECONDS
+    assert not run(addon._fresh(account))
     assert addon.refresher.calls == 2
 
 
@@ -591,7 +642,6 @@ def test_a_token_in_its_last_minute_is_refreshed_before_use(
         router_module, "refresh_persisted", lambda *_: (Refreshed(new, None, None), True)
     )
     assert run(addon._fresh(account))
-    assert not addon._ahead
     assert addon.pool.get("a").credentials.access_token == "new"
 
 
