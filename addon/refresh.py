@@ -205,19 +205,31 @@ def refresh_persisted(
 def _refresh_locked(
     file: StateFile, account_id: str, credentials: Credentials, url: str, verify: bool
 ) -> tuple[Refreshed | RefreshFailed, bool]:
+    # Another process refreshed it first (its refresh token is spent), or a new login.
+    newer = _newer_in_file(file, account_id, credentials)
+    if newer is not None:
+        return newer
+    result = post_refresh(url, credentials, verify)
+    if not isinstance(result, Refreshed):
+        # Refused because a new login replaced this one meanwhile (Codex spent the old
+        # refresh token; the user imported the new login): that login is the answer.
+        return _newer_in_file(file, account_id, credentials) or (result, False)
+    return _store(file, account_id, credentials, result)
+
+
+def _newer_in_file(
+    file: StateFile, account_id: str, old: Credentials
+) -> tuple[Refreshed, bool] | None:
+    """The account's credentials in the file when another writer replaced `old` there."""
     # Writes are atomic renames: the file reads whole without its lock.
     try:
         disk = file.read_settled()
     except StateFileError:
-        disk = None  # unreadable now: refresh anyway, the saver persists it later
+        return None  # unreadable now: refresh anyway, the saver persists it later
     account = next((a for a in disk.accounts if a.id == account_id), None) if disk else None
-    if account is not None and _replaced(account.credentials, credentials):
-        # Another process refreshed it first (its refresh token is spent), or a new login.
-        return Refreshed(account.credentials, account.plan, account.email), True
-    result = post_refresh(url, credentials, verify)
-    if not isinstance(result, Refreshed):
-        return result, False
-    return _store(file, account_id, credentials, result)
+    if account is None or not _replaced(account.credentials, old):
+        return None
+    return Refreshed(account.credentials, account.plan, account.email), True
 
 
 def _replaced(stored: Credentials, old: Credentials) -> bool:

@@ -26,6 +26,7 @@ class TokenEndpoint:
     def __init__(self) -> None:
         self.gate = threading.Event()
         self.gate.set()
+        self.refusal = ""  # set: answer 400 with this error code
         self.arrived = threading.Semaphore(0)
         self.calls = 0
         self.inflight = 0
@@ -48,12 +49,14 @@ class TokenEndpoint:
                 with endpoint._lock:
                     endpoint.inflight -= 1
                 account = body["refresh_token"].split(":")[0]
-                reply = {
+                reply: dict[str, object] = {
                     "access_token": make_access_token(account),
                     "refresh_token": f"{account}:{make_refresh_token()}",
                 }
+                if endpoint.refusal:
+                    reply = {"error": {"code": endpoint.refusal}}
                 data = json.dumps(reply).encode()
-                self.send_response(200)
+                self.send_response(400 if endpoint.refusal else 200)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(data)))
                 self.end_headers()
@@ -161,13 +164,17 @@ def test_the_file_stays_writable_while_the_token_endpoint_answers(
     assert stored(path, "b").status is Status.PAUSED
 
 
+@pytest.mark.parametrize("refused", [False, True], ids=["refreshed", "refresh-token-reused"])
 def test_a_login_imported_during_the_call_wins_over_its_refresh(
-    tmp_path: Path, endpoint: TokenEndpoint
+    tmp_path: Path, endpoint: TokenEndpoint, refused: bool
 ) -> None:
     """`import --replace` while the account's refresh waits for its answer: the new login is
-    kept (as if it had come after the refresh), and the proxy takes it instead."""
+    kept (as if it had come after the refresh), and the proxy takes it instead. Also when the
+    old login's refresh is refused: its refresh token was spent (the user logged in again
+    because Codex had spent it), so the account does not need yet another login."""
     path = tmp_path / "state.toml"
     a = pooled(path, "a")["a"]
+    endpoint.refusal = "refresh_token_reused" if refused else ""
     endpoint.gate.clear()
     thread, results = in_thread(path, a, endpoint.url)
     endpoint.wait_for_a_call()
