@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import mmap
 import os
 import re
@@ -30,6 +31,8 @@ from addon import sections
 from addon.merge import Outside, merge, outside_changes
 from addon.state import State, validate_in_steps
 from addon.synccache import SyncCache
+
+logger = logging.getLogger(__name__)
 
 try:
     import fcntl
@@ -212,6 +215,7 @@ class StateFile:
         # What sync() merged and wrote last: the next sync redoes only what changed.
         self._cache = SyncCache()
         self._swept = False  # stale temp files removed (once per instance, at the first write)
+        self._told_refresh_lock = False  # said once that refresh locks cannot be made
         self.recreated = False  # the last sync wrote back a file someone had deleted
 
     # -- reading ---------------------------------------------------------------------------
@@ -336,13 +340,30 @@ class StateFile:
         """Held across one account's token refresh, from reading its stored pair to writing
         the new one: two processes never spend the same single-use refresh token, while other
         accounts' refreshes and every other writer go on (the call can take seconds)."""
-        with _exclusive(
-            self.refresh_lock_path(account_id),
-            REFRESH_LOCK_TIMEOUT,
-            f"another process has been refreshing this account for "
-            f"{REFRESH_LOCK_TIMEOUT:.0f} s ({self.path})",
-        ):
+        busy = (
+            f"this account's refresh lock has been held for {REFRESH_LOCK_TIMEOUT:.0f} s "
+            f"(another refresh waiting for the token endpoint; {self.path})"
+        )
+        path = self.refresh_lock_path(account_id)
+        try:
+            fd = _acquire(path, REFRESH_LOCK_TIMEOUT, busy)
+        except LockUnavailable as e:
+            # No file can be made there (a read-only or immutable directory, a file in the
+            # way): refreshes take turns on the directory's own lock instead, as safe for the
+            # refresh tokens, only one account at a time.
+            if not self._told_refresh_lock:
+                self._told_refresh_lock = True
+                logger.warning(
+                    "quota-router: %s; token refreshes take turns on the lock of %s instead",
+                    e,
+                    path.parent.parent,
+                )
+            fd = _acquire(path.parent.parent, REFRESH_LOCK_TIMEOUT, busy, directory=True)
+        try:
             yield
+        finally:
+            if fd is not None:
+                os.close(fd)
 
     def _write(self, state: State, pieces: list[bytes] | None = None) -> None:
         """Write `state` atomically; `pieces`, when given, are its bytes (see SyncCache)."""
@@ -490,30 +511,48 @@ class StateFile:
             return merged, outside
 
 
+class LockUnavailable(StateFileError):
+    """A lock file that cannot be opened or created (not a lock held elsewhere)."""
+
+
 @contextlib.contextmanager
 def _exclusive(lock_path: Path, timeout: float, busy: str) -> Iterator[None]:
     """An exclusive flock on `lock_path` (created 0600), waited for up to `timeout` seconds;
     StateFileError(busy) after that. flock, not fcntl record locks: those are per process, so
     two threads of one proxy would not exclude each other."""
-    if fcntl is None:
-        yield
-        return
+    fd = _acquire(lock_path, timeout, busy)
     try:
-        lock_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # closing releases the lock
+
+
+def _acquire(path: Path, timeout: float, busy: str, directory: bool = False) -> int | None:
+    """The open, flocked descriptor of `path` (a lock file, or an existing directory: a
+    directory can be locked where no file can be created); None without flock (Windows)."""
+    if fcntl is None:
+        return None
+    try:
+        if directory:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as e:
         # Named: "cannot write" with the state file's name would send the user elsewhere.
-        raise StateFileError(f"{lock_path}: cannot open the lock file: {e.strerror}") from None
+        where = e.filename or path
+        raise LockUnavailable(f"{where}: cannot open the lock file: {e.strerror}") from None
     try:
         deadline = time.monotonic() + timeout
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                return fd
             except BlockingIOError:
                 if time.monotonic() > deadline:
                     raise StateFileError(busy) from None
                 time.sleep(0.01)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
+    except BaseException:
+        os.close(fd)
+        raise

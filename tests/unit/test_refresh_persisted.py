@@ -4,6 +4,7 @@ lock; the state file's own lock is taken only to write the result."""
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ import pytest
 from addon import statefile
 from addon.refresh import Refreshed, RefreshFailed, refresh_persisted
 from addon.state import Account, Credentials, Status
-from addon.statefile import StateFile, StateFileError
+from addon.statefile import StateFile
 from tests.fakes.jwt import make_access_token, make_refresh_token
 
 
@@ -136,7 +137,7 @@ def test_a_busy_refresh_lock_is_a_plain_transient_failure_not_a_crash(
         )
     assert isinstance(result, RefreshFailed) and not result.permanent and not persisted
     assert result.reason.startswith("token refresh not tried: ")
-    assert "another process has been refreshing this account" in result.reason
+    assert "this account's refresh lock has been held" in result.reason
 
 
 def test_the_file_stays_writable_while_the_token_endpoint_answers(
@@ -249,10 +250,26 @@ def test_two_refreshes_of_one_account_spend_its_refresh_token_once(
     assert stored(path, "a").credentials.refresh_token == one.credentials.refresh_token
 
 
-def test_a_lock_that_cannot_be_created_is_named(tmp_path: Path) -> None:
+def test_where_no_refresh_lock_can_be_made_refreshes_take_turns_on_the_directory(
+    tmp_path: Path, endpoint: TokenEndpoint, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`<file>.refresh` cannot be created (here a file is in the way; or a read-only or
+    immutable directory): refreshes still happen, one at a time, and the log says why."""
     path = tmp_path / "state.toml"
     a = pooled(path, "a")["a"]
-    file = StateFile(path)
-    file.refresh_lock_path(a.id).parent.parent.joinpath("state.toml.refresh").write_text("")
-    with pytest.raises(StateFileError, match=r"state\.toml\.refresh"), file.refreshing(a.id):
-        pass
+    (tmp_path / "state.toml.refresh").write_text("")
+    endpoint.gate.clear()
+    with caplog.at_level(logging.WARNING):
+        first, first_results = in_thread(path, a, endpoint.url)
+        endpoint.wait_for_a_call()
+        second, second_results = in_thread(path, a, endpoint.url)
+        endpoint.gate.set()
+        first.join(10)
+        second.join(10)
+    assert endpoint.calls == 1  # the second one waited, then took the first one's pair
+    [(one, one_persisted)], [(two, _)] = first_results, second_results
+    assert isinstance(one, Refreshed) and one_persisted and isinstance(two, Refreshed)
+    assert two.credentials.refresh_token == one.credentials.refresh_token
+    told = [r.getMessage() for r in caplog.records if "take turns" in r.getMessage()]
+    assert told  # once per state file (each thread here opens its own)
+    assert all("state.toml.refresh: cannot open the lock file: File exists" in t for t in told)
