@@ -10,6 +10,7 @@ to write its result.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import mmap
@@ -541,8 +542,8 @@ def _acquire(path: Path, timeout: float, busy: str, directory: bool = False) -> 
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as e:
         # Named: "cannot write" with the state file's name would send the user elsewhere.
-        where = e.filename or path
-        raise LockUnavailable(f"{where}: cannot open the lock file: {e.strerror}") from None
+        reason = f"{path.parent} is not a directory" if e.errno == errno.EEXIST else e.strerror
+        raise LockUnavailable(f"{path}: cannot open the lock file: {reason}") from None
     try:
         deadline = time.monotonic() + timeout
         while True:
