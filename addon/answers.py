@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 
 
@@ -32,7 +33,12 @@ def usage_limit(resets_at: int, now: float, plan: str | None) -> Refusal:
             "resets_in_seconds": max(0, int(resets_at - now)),
         }
     }
-    return Refusal(429, body, f"every account is rate limited until {resets_at}")
+    return Refusal(429, body, f"every account is rate limited until {clock(resets_at)}")
+
+
+def clock(epoch: float) -> str:
+    """A moment as people read it in a log line (UTC: the proxy's zone may not be theirs)."""
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(epoch))
 
 
 def unavailable(code: str, message: str) -> Refusal:
@@ -50,8 +56,8 @@ def needs_the_user(code: str, message: str) -> Refusal:
 
 def conversation_stuck(account: str, why: str, lasting: bool) -> Refusal:
     """A request bound to one account's state (previous response, encrypted reasoning) while
-    that account cannot serve: sending it elsewhere would fail upstream anyway. `lasting`:
-    until someone acts (paused, needs a new login), so a 400 Codex shows at once (see
+    that account cannot serve and others can: sending it elsewhere would fail upstream
+    anyway. `lasting` (paused, needs a new login, limited): a 400 Codex shows at once (see
     needs_the_user); else a 409, which Codex retries for some seconds first."""
     message = (
         f"quota-router: this conversation belongs to account {account!r}, which cannot serve "

@@ -259,10 +259,17 @@ class Pool:
         self.last_probe = now
         return min(limited, key=lambda item: (item[0], item[1]))[2]
 
-    def refusal_for(self, account: Account, now: float) -> answers.Refusal | None:
-        """The usage-limit answer for one account, when it is limited."""
-        until = selection.blocked_until(account, now)
-        return answers.usage_limit(until, now, account.plan.value) if until else None
+    def stuck(self, owner: Account, why: str, now: float) -> answers.Refusal:
+        """The answer to a request that refers to `owner`'s state (a previous response,
+        encrypted reasoning) while `owner` cannot serve it (`why`)."""
+        if self._select(Strategy.FILL_FIRST, now, (owner.id,)) is None:
+            return self.refusal(now)  # nothing else could serve either: say what is wrong
+        until = selection.blocked_until(owner, now)
+        if until is not None:
+            why = f"rate limited until {answers.clock(until)}"
+        # Paused, needing a new login or limited last until someone acts or a reset comes.
+        lasting = owner.status is not Status.ACTIVE or until is not None
+        return answers.conversation_stuck(owner.name, why, lasting)
 
     def refusal(self, now: float) -> answers.Refusal:
         """Why nothing can serve: limits first (Codex shows the reset time), then the rest."""

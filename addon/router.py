@@ -416,9 +416,7 @@ class Router:
         why = skip_reason(owner, now)
         if why is None or not routing.has_account_bound_refs(body()):
             return None
-        refusal = self.pool.refusal_for(owner, now)
-        lasting = owner.status is not Status.ACTIVE  # paused, or needs a new login
-        return refusal or answers.conversation_stuck(owner.name, why, lasting)
+        return self.pool.stuck(owner, why, now)
 
     def _apply(self, flow: http.HTTPFlow, credentials: Credentials) -> None:
         values = {b"authorization": f"Bearer {credentials.access_token}".encode()}

@@ -188,10 +188,14 @@ def test_account_bound_requests_are_not_sent_to_another_account(tmp_path: Path) 
         assert env.turn(session="thread-other").status == 200  # a is now known limited
         env.fake.clear_log()
         result = bound_turn(env, "thread-7")
-        # Its account is limited: Codex gets the usage-limit answer for that account,
-        # not a turn on b that would fail with previous_response_not_found.
-        assert result.status == 429
-        assert result.json()["error"]["type"] == "usage_limit_reached"
+        # Its account is limited: not a turn on b that would fail with
+        # previous_response_not_found, and not "every account is limited" either (b is not):
+        # a 400 Codex shows at once, saying which account, until when, and what to do.
+        assert result.status == 400
+        assert b"belongs to account 'a', which cannot serve now (rate limited until" in (
+            result.body
+        )
+        assert b"start a new conversation" in result.body
         assert served_by(env) == []
 
 

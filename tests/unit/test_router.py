@@ -27,6 +27,7 @@ from addon.router import Router
 from addon.state import Account, Credentials, State, Window
 from addon.statefile import StateFile
 from addon.streamnotice import LOGGER
+from addon.usage import LimitHit
 from tests.fakes.jwt import make_access_token
 from tests.unit.conftest import scanned
 
@@ -253,32 +254,56 @@ def test_nothing_eligible_is_answered_locally_and_marked(router: Fixture) -> Non
     assert "paused" in flow.comment
 
 
-@pytest.mark.parametrize("owner_is", ["paused", "backing off"])
+@pytest.mark.parametrize(
+    ("owner_is", "status", "why"),
+    [
+        ("paused", 400, "(paused)"),
+        ("limited", 400, "(rate limited until 2033-05-18 03:33 UTC)"),
+        ("backing off", 409, "(backing off after 1 upstream error(s))"),
+    ],
+)
 def test_a_turn_bound_to_an_account_that_cannot_serve_says_so(
-    router: Fixture, owner_is: str
+    router: Fixture, owner_is: str, status: int, why: str
 ) -> None:
-    """Paused (or needing a new login) lasts until someone acts: a 400 Codex shows at once.
-    Backing off passes: a 409, which Codex retries for a few seconds."""
+    """Paused, needing a new login or limited lasts until someone acts or a reset comes: a
+    400 Codex shows at once. Backing off passes: a 409, which Codex retries a few seconds."""
     addon, tctx = router
     first = codex_flow(**{"session-id": "thread-7"})
     run(addon.request(first))
     owner = addon.pool.get(first.metadata["quota_router"]["account"])
     if owner_is == "paused":
         tctx.command(addon.pause, owner.name)
+    elif owner_is == "limited":
+        addon.pool.record_limit(owner, LimitHit("usage_limit_reached", 2_000_000_000), time.time())
     else:
         addon.pool.record_error(owner, time.time())
-    bound = codex_flow(**{"session-id": "thread-7"})
-    bound.request.content = json.dumps({"previous_response_id": "resp_123"}).encode()
+    bound = bound_flow("thread-7")
     run(addon.request(bound))
-    assert bound.response is not None
-    message = f"this conversation belongs to account {owner.name!r}, which cannot serve now"
-    if owner_is == "paused":
-        assert bound.response.status_code == 400
-        assert (bound.response.text or "").startswith(f"quota-router: {message} (paused)")
-    else:
-        assert bound.response.status_code == 409
-        error = json.loads(bound.response.content or b"")["error"]
-        assert error["code"] == "conversation_bound" and message in error["message"]
+    assert bound.response is not None and bound.response.status_code == status
+    message = f"this conversation belongs to account {owner.name!r}, which cannot serve now {why}"
+    assert message in (bound.response.text or ""), bound.response.text
+
+
+def test_a_bound_turn_when_no_account_can_serve_says_what_is_wrong_with_the_pool(
+    router: Fixture,
+) -> None:
+    """Not "start a new conversation": a new one would fail too."""
+    addon, tctx = router
+    first = codex_flow(**{"session-id": "thread-7"})
+    run(addon.request(first))
+    for name in "ab":
+        tctx.command(addon.pause, name)
+    bound = bound_flow("thread-7")
+    run(addon.request(bound))
+    assert bound.response is not None and bound.response.status_code == 400
+    assert (bound.response.text or "").startswith("quota-router: every pooled account is paused")
+
+
+def bound_flow(session: str) -> http.HTTPFlow:
+    """A turn that refers to its account's state (a previous response of that account)."""
+    flow = codex_flow(**{"session-id": session})
+    flow.request.content = json.dumps({"previous_response_id": "resp_123"}).encode()
+    return flow
 
 
 def test_commands_report_unknown_accounts(router: Fixture) -> None:
