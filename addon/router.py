@@ -11,12 +11,13 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import functools
+import inspect
 import json
 import logging
 import sys
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,7 @@ NOT_UPSTREAMS_FAULT = (
     Error.KILLED_MESSAGE.lower(),
 )
 REFRESH_THREADS = 8  # token refreshes of different accounts at once
+BACKGROUND_REFRESHES = 2  # of them, refreshes no request waits for
 
 
 def _expand(value: str, option: str) -> Path:
@@ -112,6 +114,8 @@ class Router:
         # Per account: its refresh in flight (or last), when it started, and its last transient
         # failure and when (the next try waits RETRY_AHEAD_SECONDS).
         self._refreshing: dict[str, asyncio.Task[object]] = {}
+        self._queued: set[str] = set()  # background refreshes waiting for their turn
+        self._background_slots = asyncio.Semaphore(BACKGROUND_REFRESHES)
         self._started: dict[str, float] = {}
         self._failed: dict[str, RefreshFailed] = {}
         self._failed_at: dict[str, float] = {}
@@ -443,8 +447,9 @@ class Router:
         now = time.time()
         if not force and not needs_refresh(account.credentials, now):
             return True
-        task = self._refresh_task(account, now)
-        if not force and not must_wait(account.credentials, now):
+        urgent = force or must_wait(account.credentials, now)
+        task = self._refresh_task(account, now, urgent)
+        if not urgent:
             return True  # refreshing in the background: the old token serves meanwhile
         result: Refreshed | RefreshFailed | None = None
         # All requests together wait WAIT_FOR_ANSWER_SECONDS at most from the refresh's start;
@@ -475,21 +480,42 @@ class Router:
             self.pool.record_error(account, now, cause)
         return False
 
-    def _refresh_task(self, account: Account, now: float) -> asyncio.Task[object] | None:
-        """The account's refresh in flight, else a new one started in the background; None
-        while its last one failed less than RETRY_AHEAD_SECONDS ago (not tried again yet)."""
+    def _refresh_task(
+        self, account: Account, now: float, urgent: bool
+    ) -> asyncio.Task[object] | None:
+        """The account's refresh in flight, else a new one; None while its last one failed
+        less than RETRY_AHEAD_SECONDS ago (not tried again yet). Refreshes nobody waits for
+        take turns (BACKGROUND_REFRESHES at once), so that many tokens entering their refresh
+        margin together cannot fill the refresh threads; an `urgent` one never waits for them."""
         running = self._refreshing.get(account.id)
         if running is not None and not running.done():
-            return running
+            if not (urgent and account.id in self._queued):
+                return running
+            running.cancel()  # still waiting for its turn: start it now instead
         failed = self._failed.get(account.id)
         if failed is not None and now - self._failed_at.get(account.id, 0.0) < RETRY_AHEAD_SECONDS:
             return None
+        refresh = self.refresher.refresh(account.id, account.credentials)
+        if urgent:
+            self._started[account.id] = now
+        else:
+            self._queued.add(account.id)
         task = asyncio.get_running_loop().create_task(
-            self.refresher.refresh(account.id, account.credentials)
+            refresh if urgent else self._in_turn(account.id, refresh)
         )
         self._refreshing[account.id] = task  # held: the loop keeps only weak references
-        self._started[account.id] = now
         return task
+
+    async def _in_turn(self, account_id: str, refresh: Awaitable[object]) -> object:
+        try:
+            async with self._background_slots:
+                self._queued.discard(account_id)
+                self._started[account_id] = time.time()
+                return await refresh
+        finally:
+            self._queued.discard(account_id)
+            if inspect.iscoroutine(refresh):
+                refresh.close()  # cancelled before its turn: never started
 
     async def _refresh(
         self, account_id: str, credentials: Credentials

@@ -658,6 +658,45 @@ def test_a_failed_refresh_is_tried_again_only_after_a_while_when_requests_must_w
     assert addon.refresher.calls == 2
 
 
+def test_background_refreshes_take_turns_and_an_urgent_one_does_not_wait_for_them(
+    router: Fixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many tokens entering their refresh margin together must not fill the refresh threads
+    with refreshes nobody waits for, while a request in a token's last minute waits."""
+    addon, a = expiring_in(router, 200)
+    b = addon.pool.get("b")
+    b.credentials = b.credentials.model_copy(
+        update={"expires_at": time.time() + 200, "refresh_token": "rt-b"}
+    )
+    addon._background_slots = asyncio.Semaphore(1)
+    answer = threading.Event()
+    calls: list[str] = []
+
+    def endpoint(
+        _file: object, account_id: str, credentials: Credentials, *_: object
+    ) -> tuple[Refreshed, bool]:
+        calls.append(account_id)
+        if account_id == a.id:
+            assert answer.wait(10)  # a's refresh hangs
+        return Refreshed(credentials.model_copy(update={"access_token": "new"}), None, None), True
+
+    monkeypatch.setattr(router_module, "refresh_persisted", endpoint)
+
+    async def scenario() -> None:
+        assert await addon._fresh(a) and await addon._fresh(b)  # both in the background
+        await asyncio.sleep(0.1)
+        assert calls == [a.id]  # b waits for its turn
+        b.credentials = b.credentials.model_copy(update={"expires_at": time.time() - 10})
+        assert await addon._fresh(b)  # expired now: refreshed at once, not after a
+        assert calls == [a.id, b.id]
+        answer.set()
+        await asyncio.gather(*addon._refreshing.values(), return_exceptions=True)
+
+    run(scenario())
+    assert addon.pool.get("b").credentials.access_token == "new"
+    assert addon.refresher.calls == 2
+
+
 def test_a_token_in_its_last_minute_is_refreshed_before_use(
     router: Fixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
