@@ -298,10 +298,15 @@ class Pool:
                 "quota-router: every pooled account is paused; resume one with "
                 "`python -m addon resume NAME`.",
             )
+        some = (
+            "is paused or needs"
+            if any(a.status is Status.PAUSED for a in self.accounts)
+            else "needs"
+        )
         return answers.needs_the_user(
             "all_accounts_need_login",
-            "quota-router: no pooled account can be used: each one is paused or needs a new "
-            "login (`python -m addon import AUTH_JSON --name NAME --replace`).",
+            f"quota-router: no pooled account can be used: each one {some} a new login "
+            "(`python -m addon import AUTH_JSON --name NAME --replace`).",
         )
 
     # -- learning from the upstream -------------------------------------------------------

@@ -65,6 +65,7 @@ class Refreshed:
     credentials: Credentials
     plan: Plan | None
     email: str | None
+    fetched: bool = True  # False: taken from the file (refreshed or imported elsewhere)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +230,7 @@ def _newer_in_file(
     account = next((a for a in disk.accounts if a.id == account_id), None) if disk else None
     if account is None or not _replaced(account.credentials, old):
         return None
-    return Refreshed(account.credentials, account.plan, account.email), True
+    return Refreshed(account.credentials, account.plan, account.email, fetched=False), True
 
 
 def _replaced(stored: Credentials, old: Credentials) -> bool:
@@ -250,7 +251,7 @@ def _store(
             if disk is None or account is None:
                 return result, False
             if _replaced(account.credentials, old):
-                return Refreshed(account.credentials, account.plan, account.email), True
+                return Refreshed(account.credentials, account.plan, account.email, False), True
             account.credentials = result.credentials
             if result.plan is not None:
                 account.plan = result.plan

@@ -447,6 +447,8 @@ class Router:
         now = time.time()
         if not force and not needs_refresh(account.credentials, now):
             return True
+        if account.status is Status.REAUTH_REQUIRED:
+            return False  # its refresh token was refused already: trying again cannot help
         urgent = force or must_wait(account.credentials, now)
         task = self._refresh_task(account, now, urgent)
         if not urgent:
@@ -542,7 +544,14 @@ class Router:
                     "file can be written",
                     account.name,
                 )
-            logger.info("quota-router: refreshed the tokens of %s", account.name)
+            if result.fetched:
+                logger.info("quota-router: refreshed the tokens of %s", account.name)
+            else:
+                logger.info(
+                    "quota-router: took the new tokens of %s from the state file (refreshed or "
+                    "imported elsewhere)",
+                    account.name,
+                )
         elif result.permanent:
             self.pool.mark(account, Status.REAUTH_REQUIRED, result.reason)
             logger.error("quota-router: %s needs a new login (%s)", account.name, result.reason)

@@ -210,7 +210,8 @@ def test_all_needing_login_refuses_with_a_400_saying_so(
     error = refusal.body["error"]
     assert isinstance(error, dict)
     assert error["code"] == "all_accounts_need_login"
-    assert "login" in str(error["message"])
+    said = "is paused or needs" if other is Status.PAUSED else "each one needs a new login"
+    assert said in str(error["message"])
 
 
 # -- learning usage and limits ---------------------------------------------------------------

@@ -246,6 +246,7 @@ def test_two_refreshes_of_one_account_spend_its_refresh_token_once(
     [(one, one_persisted)], [(two, two_persisted)] = first_results, second_results
     assert isinstance(one, Refreshed) and isinstance(two, Refreshed)
     assert one_persisted and two_persisted
+    assert one.fetched and not two.fetched  # said apart in the log
     assert two.credentials.refresh_token == one.credentials.refresh_token
     assert stored(path, "a").credentials.refresh_token == one.credentials.refresh_token
 

@@ -24,7 +24,7 @@ from addon import placeholder
 from addon import router as router_module
 from addon.refresh import RETRY_AHEAD_SECONDS, Refreshed, RefreshFailed
 from addon.router import Router
-from addon.state import Account, Credentials, State, Window
+from addon.state import Account, Credentials, State, Status, Window
 from addon.statefile import StateFile
 from addon.streamnotice import LOGGER
 from addon.usage import LimitHit
@@ -707,6 +707,23 @@ def test_a_token_in_its_last_minute_is_refreshed_before_use(
     )
     assert run(addon._fresh(account))
     assert addon.pool.get("a").credentials.access_token == "new"
+
+
+def test_an_account_marked_for_a_new_login_is_not_refreshed_again(
+    router: Fixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two requests both answered 401: the first one's refresh was refused for good; the
+    second must not send the same spent refresh token again."""
+    addon, account = expiring_in(router, 3600)
+
+    def refused(*_: object) -> tuple[RefreshFailed, bool]:
+        return RefreshFailed(True, "token refresh refused: refresh_token_reused"), False
+
+    monkeypatch.setattr(router_module, "refresh_persisted", refused)
+    assert not run(addon._fresh(account, force=True))
+    assert addon.pool.get("a").status is Status.REAUTH_REQUIRED
+    assert not run(addon._fresh(addon.pool.get("a"), force=True))
+    assert addon.refresher.calls == 1
 
 
 def test_accounts_check_is_answered_for_the_client_when_no_account_can_make_it(
