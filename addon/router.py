@@ -465,9 +465,14 @@ class Router:
             return True
         if isinstance(result, RefreshFailed) and result.permanent:
             return False  # marked and said by _refresh
-        return self._old_token_or_backoff(account, force)
+        failed = self._failed.get(account.id)
+        if result is None and task is not None:
+            cause = "token refresh waiting for its answer"
+        else:
+            cause = failed.reason if failed else "token refresh failed"
+        return self._old_token_or_backoff(account, force, cause)
 
-    def _old_token_or_backoff(self, account: Account, force: bool) -> bool:
+    def _old_token_or_backoff(self, account: Account, force: bool, cause: str) -> bool:
         """No new token for this request: the old one while it lasts, else the account backs
         off so that the request (and the next ones) go elsewhere. Once per backoff, however
         many requests waited: one failed refresh is one error."""
@@ -477,8 +482,6 @@ class Router:
         if not force and expires is not None and expires > now + 5:
             return True
         if account.backoff is None or account.backoff.until <= now:
-            failed = self._failed.get(account.id)
-            cause = failed.reason if failed else "token refresh waiting for its answer"
             self.pool.record_error(account, now, cause)
         return False
 
@@ -537,6 +540,7 @@ class Router:
             return result
         # Said here, once per refresh, however many requests wait for it.
         if isinstance(result, Refreshed):
+            self._failed.pop(account_id, None)
             self.pool.set_credentials(account, result)
             if not persisted and (self.saver is None or not await self.saver.save()):
                 logger.error(
