@@ -69,6 +69,7 @@ NOT_UPSTREAMS_FAULT = (
 )
 REFRESH_THREADS = 8  # token refreshes of different accounts at once
 BACKGROUND_REFRESHES = 2  # of them, refreshes no request waits for
+SAID_AGAIN_AFTER = 60.0  # seconds before the same local answer is a warning again
 
 
 def _expand(value: str, option: str) -> Path:
@@ -115,6 +116,7 @@ class Router:
         # failure and when (the next try waits RETRY_AHEAD_SECONDS).
         self._refreshing: dict[str, asyncio.Task[object]] = {}
         self._queued: set[str] = set()  # background refreshes waiting for their turn
+        self._said: dict[str, float] = {}  # local answers logged as warnings, and when
         self._background_slots = asyncio.Semaphore(BACKGROUND_REFRESHES)
         self._started: dict[str, float] = {}
         self._failed: dict[str, RefreshFailed] = {}
@@ -434,7 +436,17 @@ class Router:
         )
         flow.marked = ":no_entry:"
         flow.comment = f"quota-router answered {refusal.status}: {refusal.reason}"
-        logger.warning(
+        # One Codex run asks a dozen times (models, plugins, the turn, ...): the same answer
+        # is a warning once a minute, and a debug line in between.
+        now = time.monotonic()
+        level = logging.DEBUG
+        if now - self._said.get(refusal.reason, -SAID_AGAIN_AFTER) >= SAID_AGAIN_AFTER:
+            level = logging.WARNING
+            if len(self._said) > 100:
+                self._said.clear()
+            self._said[refusal.reason] = now
+        logger.log(
+            level,
             "quota-router: %s %s answered locally: %s",
             flow.request.method,
             flow.request.path.split("?", 1)[0],

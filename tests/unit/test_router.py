@@ -306,6 +306,21 @@ def bound_flow(session: str) -> http.HTTPFlow:
     return flow
 
 
+def test_the_same_local_answer_is_a_warning_once_a_minute(
+    router: Fixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    addon, tctx = router
+    for name in "ab":
+        tctx.command(addon.pause, name)
+    with caplog.at_level(logging.DEBUG, logger=router_module.logger.name):
+        for _ in range(3):
+            run(addon.request(codex_flow()))
+        addon._said = {reason: when - 60 for reason, when in addon._said.items()}
+        run(addon.request(codex_flow()))
+    levels = [r.levelname for r in caplog.records if "answered locally" in r.getMessage()]
+    assert levels == ["WARNING", "DEBUG", "DEBUG", "WARNING"]
+
+
 def test_commands_report_unknown_accounts(router: Fixture) -> None:
     addon, tctx = router
     with pytest.raises(exceptions.CommandError, match="no account named 'zed'"):
