@@ -69,6 +69,16 @@ def conversation_stuck(account: str, why: str, lasting: bool) -> Refusal:
     return Refusal(400, body, message, plain=True) if lasting else Refusal(409, body, message)
 
 
+def over_http(account: str, why: str) -> Refusal:
+    """A WebSocket handshake of a conversation whose account cannot serve: Codex sends the
+    turn over HTTP instead, where its body shows whether it may move."""
+    message = (
+        f"this conversation's account {account!r} cannot serve now ({why}): its turn goes over HTTP"
+    )
+    body = {"error": {"type": "invalid_request_error", "code": "use_http", "message": message}}
+    return Refusal(426, body, message)
+
+
 def accounts_check_for_the_client(client_account_id: str, refusal: Refusal) -> Refusal:
     """accounts/check answered for the client itself when no pooled account can make the call
     (all paused, all needing a new login): Codex fails a refused check with "workspace routing

@@ -140,12 +140,12 @@ class Pool:
         conversation: str | None = None,
         exclude: Collection[str] = (),
         probe: bool = True,
-        move: bool = True,
+        pin: bool = True,
     ) -> Choice | answers.Refusal:
         """The account for a request. `probe`: whether this request may probe a blocked pool
-        (only model requests can tell whether a limit has lifted). `move=False`: a
-        conversation whose account cannot serve is served elsewhere but stays where it is (the
-        caller moves it with `pin` once the request has shown it will be served there)."""
+        (only model requests can tell whether a limit has lifted). `pin=False`: a new
+        conversation is not given to the account yet (the caller does it with `pin` once the
+        request has shown it will be served there)."""
         reason = ""
         if conversation is not None:
             owner = self.by_id(self.affinity.get(conversation, now) or "")
@@ -161,7 +161,7 @@ class Pool:
             if account is None:
                 return self.refusal(now)
             reason = "probe"
-        if conversation is not None and (move or not reason.startswith("moved")):
+        if conversation is not None and pin:
             self._set_owner(conversation, account, now)
         return Choice(account, strategy, reason)
 

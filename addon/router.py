@@ -368,15 +368,14 @@ class Router:
             "credentials_at": account.credentials.updated_at,
             "conversation": conversation or "",
             "probe": choice.reason == "probe",
-            # A handshake's move ("moved from X: why"), made once the socket opens.
-            "moves": choice.reason if is_websocket and choice.reason.startswith("moved") else "",
+            "pin": is_websocket and bool(conversation),  # at 101, see _decide
         }
         if model and client is not None and not pinned:
             self.pool.affinity.set(client, account.id, now)  # the client's other calls follow
         self._apply(flow, account.credentials)
         self._unmasked[flow.id] = flow
         self.pool.record_route(account, now)
-        if choice.reason.startswith("moved") and not is_websocket:
+        if choice.reason.startswith("moved"):
             logger.warning("quota-router: conversation %s", choice.reason)
         flow.comment = choice.comment
         if self._log_routes:
@@ -404,23 +403,30 @@ class Router:
             # run when accounts/check or the models list is refused, even to say "limit".
             key = conversation or client
             return self.pool.choose_any(self.strategy, now, key) or self.pool.refusal(now)
-        refusal = self._bound_elsewhere(body, conversation, now)
+        refusal = self._bound_elsewhere(body, conversation, now, websocket)
         if refusal is not None:
             return refusal
-        # A handshake says nothing of the turn to come: it moves the conversation only once the
-        # socket opens (101). Refused with 426, Codex sends the turn over HTTP, where a body
-        # that refers to the old account's state must find the conversation still there.
-        return self.pool.choose(self.strategy, now, conversation, move=not websocket)
+        # A handshake the upstream refuses (a limit, a login gone bad) must not give the
+        # conversation to that account: it is pinned once the socket opens (101).
+        return self.pool.choose(self.strategy, now, conversation, pin=not websocket)
 
     def _bound_elsewhere(
-        self, body: Callable[[], bytes], conversation: str | None, now: float
+        self, body: Callable[[], bytes], conversation: str | None, now: float, websocket: bool
     ) -> answers.Refusal | None:
         """A request that refers to another account's state cannot move: say so clearly."""
         owner = self.pool.owner(conversation, now)
         if owner is None:
             return None
         why = skip_reason(owner, now)
-        if why is None or not routing.has_account_bound_refs(body()):
+        if why is None:
+            return None
+        if websocket:
+            # A handshake carries no turn: whether the turn refers to its account's state
+            # (encrypted reasoning, as real Codex models send) shows only once it is sent on
+            # the socket, too late to choose. Refused with 426, Codex sends it over HTTP, where
+            # its body decides: moved, or refused saying why.
+            return answers.over_http(owner.name, why)
+        if not routing.has_account_bound_refs(body()):
             return None
         return self.pool.stuck(owner, why, now)
 
@@ -620,9 +626,8 @@ class Router:
         info = flow.metadata[META]
         if info.get("probe") and flow.response.status_code == 426:
             self.pool.last_probe = 0.0  # the handshake told nothing about limits: next may probe
-        if info.get("moves") and flow.response.status_code == 101:
+        if info.get("pin") and flow.response.status_code == 101:
             self.pool.pin(info["conversation"], account, time.time())
-            logger.warning("quota-router: conversation %s", info["moves"])
         try:
             self._learn(flow, account)
             body = messages.body(flow.response)

@@ -89,17 +89,16 @@ def test_calls_without_quota_stay_with_a_limited_holder_when_nothing_is_eligible
     assert pool.owner("thread-7", now) is a
 
 
-def test_a_move_can_wait_until_the_caller_pins_it(make_account: AccountFactory, now: float) -> None:
+def test_a_new_conversation_can_wait_until_the_caller_pins_it(
+    make_account: AccountFactory, now: float
+) -> None:
     a, b = make_account("A", primary=30), make_account("B", primary=5)
     pool = pool_of(a, b)
-    pool.choose(FILL, now, "thread-7")
-    pool.pause("A")
-    choice = pool.choose(FILL, now, "thread-7", move=False)
-    assert isinstance(choice, Choice) and choice.account is b
-    assert choice.reason == "moved from A: paused"
-    assert pool.owner("thread-7", now) is a  # not yet
-    pool.pin("thread-7", b, now)
-    assert pool.owner("thread-7", now) is b
+    choice = pool.choose(FILL, now, "thread-7", pin=False)
+    assert isinstance(choice, Choice) and choice.account is a
+    assert pool.owner("thread-7", now) is None  # not yet
+    pool.pin("thread-7", a, now)
+    assert pool.owner("thread-7", now) is a
 
 
 def test_calls_without_quota_give_a_new_conversation_its_account(
