@@ -318,6 +318,34 @@ def test_fill_first_keeps_a_conversation_and_its_resume_on_one_account(
 
 
 @TRANSPORTS
+def test_a_resumed_conversation_whose_account_was_paused_says_so_at_once(
+    make_env: Callable[..., CliEnv], transport: str, tmp_path: Path
+) -> None:
+    """Real Codex models send their encrypted reasoning back with each turn, and only the
+    account that made it can read it: the resumed turn cannot move. The user reads which
+    account, why, and what to do, at once; a new conversation then runs on b."""
+    env = make_env([Spec("a", primary=30), Spec("b", primary=10)], transport)
+    env.fake.reasoning = True
+    home = tmp_path / "client-home"
+    first = env.run("say hi", home=home, ephemeral=False)
+    assert succeeded(first), why(first, env)
+    addon_cli(env.state, "pause", "a")
+    wait_for_router(env.state)
+    mark = len(env.fake.requests)
+    second = env.run("and again", home=home, ephemeral=False, args=("resume", "--last"))
+
+    assert second.returncode == 1, why(second, env)
+    assert failure(second) == (
+        "quota-router: this conversation belongs to account 'a', which cannot serve now "
+        "(paused); start a new conversation to continue on another account."
+    ), why(second, env)
+    assert model_requests(env, since=mark) == []  # a's reasoning never went to b
+    third = env.run("something new", home=home)
+    assert succeeded(third), why(third, env)
+    assert [t.account_id for t in env.fake.real_turns()] == ["acct-a", "acct-b"]
+
+
+@TRANSPORTS
 def test_a_cap_reached_mid_run_does_not_split_the_run(
     make_env: Callable[..., CliEnv], transport: str, tmp_path: Path
 ) -> None:

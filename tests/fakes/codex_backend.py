@@ -19,6 +19,9 @@ fake serves both hosts. Reply shapes follow the openai/codex source (codex-rs):
 - ``previous_response_id``: a response another account created (or one this fake never made)
   is refused with 400 ``previous_response_not_found``, as the real backend does
   (``enforce_previous_response = False`` turns that off).
+- ``reasoning = True``: a reasoning model; each turn's output starts with a reasoning item whose
+  ``encrypted_content`` only the same account can read back: another account refuses a turn
+  that carries it with 400 ``invalid_encrypted_content``.
 
 Usage::
 
@@ -185,8 +188,10 @@ def _make_self_signed(directory: Path) -> tuple[Path, Path]:
 # --------------------------------------------------------------------------- payloads
 
 
-def _model_info(slug: str) -> dict[str, Any]:
-    """One entry of ``GET /backend-api/codex/models`` (ModelInfo in codex-rs protocol)."""
+def _model_info(slug: str, reasoning: bool = False) -> dict[str, Any]:
+    """One entry of ``GET /backend-api/codex/models`` (ModelInfo in codex-rs protocol).
+    `reasoning`: a reasoning model, as real Codex models are: the CLI then asks for encrypted
+    reasoning and sends it back with every later turn of the conversation."""
     return {
         "slug": slug,
         "display_name": "Fake Codex",
@@ -205,8 +210,8 @@ def _model_info(slug: str) -> dict[str, Any]:
         "availability_nux": None,
         "base_instructions": "You are a fake model used in tests.",
         "model_messages": None,
-        "supports_reasoning_summaries": False,
-        "default_reasoning_summary": "none",
+        "supports_reasoning_summaries": reasoning,
+        "default_reasoning_summary": "auto" if reasoning else "none",
         "support_verbosity": False,
         "default_verbosity": None,
         "apply_patch_tool_type": "freeform",
@@ -373,6 +378,9 @@ class FakeCodexBackend:
             # True: a request whose previous_response_id was not created by the same account
             # is refused with 400 previous_response_not_found, as the real backend does.
             self.enforce_previous_response = True
+            # True: a reasoning model (see _model_info); each turn's output starts with a
+            # reasoning item whose encrypted content only the same account can read back.
+            self.reasoning = False
             self._responses: dict[str, str] = {}  # response id -> account id that created it
             self._accounts: dict[str, FakeAccount] = {}
             self._tokens: dict[str, str] = {}  # access token -> account id
@@ -648,8 +656,16 @@ class FakeCodexBackend:
         with self._lock:
             return self._responses.get(response_id)
 
-    def _previous_response_error(self, account_id: str, body: Any) -> dict[str, Any] | None:
-        """The 400 error body when ``previous_response_id`` is not this account's response."""
+    def _account_bound_error(self, account_id: str, body: Any) -> dict[str, Any] | None:
+        """The 400 error body when the request refers to another account's state: encrypted
+        reasoning it cannot read, or a ``previous_response_id`` that is not its response."""
+        items = body.get("input") if isinstance(body, dict) else None
+        for item in items if isinstance(items, list) else ():
+            sealed = item.get("encrypted_content") if isinstance(item, dict) else None
+            if isinstance(sealed, str) and sealed != _sealed(account_id):
+                return _error_body(
+                    "The encrypted content could not be verified.", "invalid_encrypted_content"
+                )
         previous = body.get("previous_response_id") if isinstance(body, dict) else None
         if not previous or not self.enforce_previous_response:
             return None
@@ -778,8 +794,18 @@ class FakeCodexBackend:
             rate_limits,
         ]
         output: list[dict[str, Any]] = []
+        if generate and self.reasoning:
+            thought = {
+                "id": f"rs_{uuid.uuid4().hex}",
+                "type": "reasoning",
+                "summary": [],
+                "encrypted_content": _sealed(account.account_id),
+            }
+            events.append({"type": "response.output_item.done", "output_index": 0, "item": thought})
+            output.append(thought)
         if generate:
             msg_id = f"msg_{uuid.uuid4().hex}"
+            index = len(output)  # after the reasoning item, if any
             item = {
                 "id": msg_id,
                 "type": "message",
@@ -787,13 +813,15 @@ class FakeCodexBackend:
                 "status": "in_progress",
                 "content": [],
             }
-            events.append({"type": "response.output_item.added", "output_index": 0, "item": item})
+            events.append(
+                {"type": "response.output_item.added", "output_index": index, "item": item}
+            )
             for delta in _split(self.reply_text, self.delta_count):
                 events.append(
                     {
                         "type": "response.output_text.delta",
                         "item_id": msg_id,
-                        "output_index": 0,
+                        "output_index": index,
                         "content_index": 0,
                         "delta": delta,
                     }
@@ -804,7 +832,7 @@ class FakeCodexBackend:
                 "content": [{"type": "output_text", "text": self.reply_text, "annotations": []}],
             }
             events.append(
-                {"type": "response.output_item.done", "output_index": 0, "item": done_item}
+                {"type": "response.output_item.done", "output_index": index, "item": done_item}
             )
             output.append(done_item)
         events.append(
@@ -816,6 +844,11 @@ class FakeCodexBackend:
         for number, event in enumerate(events):
             event.setdefault("sequence_number", number)
         return events
+
+
+def _sealed(account_id: str) -> str:
+    """The encrypted reasoning an account hands out (and alone can read back)."""
+    return f"ENC-{account_id}"
 
 
 def _split(text: str, parts: int) -> list[str]:
@@ -924,7 +957,7 @@ class _ResponsesHandler(_Base, tornado.websocket.WebSocketHandler):
             backend._record_turn(self._turn("http", outcome, True, body, encoding))
             self.write_json(injected.status, injected.body)
             return
-        refused = backend._previous_response_error(self.account_id, body)
+        refused = backend._account_bound_error(self.account_id, body)
         if refused is not None:
             outcome = "previous_response_not_found"
             backend._record_turn(self._turn("http", outcome, True, body, encoding))
@@ -1015,7 +1048,7 @@ class _ResponsesHandler(_Base, tornado.websocket.WebSocketHandler):
                 {"type": "error", "status_code": injected.status, "error": injected.body["error"]}
             )
             return
-        refused = backend._previous_response_error(account_id, request)
+        refused = backend._account_bound_error(account_id, request)
         if refused is not None:
             outcome = "previous_response_not_found"
             backend._record_turn(self._turn("ws", outcome, generate, request))
@@ -1068,7 +1101,11 @@ class _ModelsHandler(_Base):
     def get(self) -> None:
         if not self.require_account():
             return
-        self.write_json(200, {"models": [_model_info(self.backend.model)]}, {"etag": '"fake-1"'})
+        self.write_json(
+            200,
+            {"models": [_model_info(self.backend.model, self.backend.reasoning)]},
+            {"etag": '"fake-1"'},
+        )
 
 
 class _AccountsCheckHandler(_Base):
