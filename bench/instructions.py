@@ -110,7 +110,7 @@ def instructions_bench(settings: Any, log: Any) -> dict[str, Any]:
     upstream = Upstream().start()
     tmp = Path(tempfile.mkdtemp(prefix="qr-bench-callgrind-"))
     try:
-        proxies = configs(upstream.port, sizes, tmp, hooks=False, shim=True)
+        proxies = configs(upstream.port, sizes, tmp, shim=True)
         # Counts do not depend on what else runs: use both cores.
         with ThreadPoolExecutor(max_workers=2) as pool:
             runs = pool.map(lambda proxy: (proxy.name, measure(proxy, requests, log)), proxies)
@@ -132,7 +132,8 @@ def table(data: dict[str, Any], order: Any) -> list[str]:
         "threads: the router's saver, a lump per save (paced to 1 % of the process's time), "
         "divided by the same requests. `shim`: bare mitmdump with only the bench's shim "
         "(bench/shims/chatgpt.py), which `stream` and the routers load too: the part of their "
-        "count that is the bench's own.",
+        "count that is the bench's own. `hooks`: `stream` plus a script with the router's hooks, "
+        "all empty (what mitmproxy charges for a script with them).",
         "",
         "| config | M instructions per request, event loop | vs stream | vs bare "
         "| M in other threads |",
@@ -144,4 +145,15 @@ def table(data: dict[str, Any], order: Any) -> list[str]:
             f"| {name} | {per[name] / 1e6:.2f} | {per[name] / per['stream']:.3f} | "
             f"{per[name] / per['bare']:.3f} | {others:.2f} |"
         )
-    return [*lines, ""]
+    lines.append("")
+    if "hooks" in per:
+        # What is left of a router's count once mitmproxy's share of calling such a script
+        # is taken away: the router's own work.
+        own = [
+            f"{name} {(per[name] - per['hooks']) / 1e6:.2f} M "
+            f"({(per[name] - per['hooks']) / per['stream']:.1%} of `stream`)"
+            for name in sorted(per, key=order)
+            if name.startswith("addon-")
+        ]
+        lines += [f"The routers' own work (their count minus `hooks`'): {', '.join(own)}.", ""]
+    return lines

@@ -133,3 +133,21 @@ def test_the_twin_is_explained_only_when_it_was_measured() -> None:
     without = "\n".join(_throughput_table(Settings(), runs(CONFIGS)))
     assert f"| {TWIN} | 1 | 99 | 0.990 |" in with_twin
     assert TWIN not in without
+
+
+def test_the_instruction_table_gives_the_routers_own_work_over_hooks() -> None:
+    from bench.instructions import table
+    from bench.run import _order
+
+    counts = {"bare": 9.0, "stream": 10.0, "hooks": 10.25, "addon-1000": 10.75}
+    data = {
+        "requests": 400,
+        "configs": {
+            name: {"instructions_per_request": m * 1e6, "other_threads_per_request": 0.0}
+            for name, m in counts.items()
+        },
+    }
+    text = "\n".join(table(data, _order))
+    assert "addon-1000 0.50 M (5.0% of `stream`)" in text
+    del data["configs"]["hooks"]  # a run made before `hooks` was counted says nothing of it
+    assert "own work" not in "\n".join(table(data, _order))
