@@ -149,11 +149,9 @@ def table(data: dict[str, Any], order: Any) -> list[str]:
     if "hooks" in per:
         # What is left of a router's count once mitmproxy's share of calling such a script
         # is taken away: the router's own work.
-        own = [
-            f"{name} {(per[name] - per['hooks']) / 1e6:.2f} M "
-            f"({(per[name] - per['hooks']) / per['stream']:.1%} of `stream`)"
-            for name in sorted(per, key=order)
-            if name.startswith("addon-")
+        own = {n: per[n] - per["hooks"] for n in sorted(per, key=order) if n.startswith("addon-")}
+        parts = [
+            f"{n} {m / 1e6:.2f} M ({m / per['stream']:.1%} of `stream`)" for n, m in own.items()
         ]
-        lines += [f"The routers' own work (their count minus `hooks`'): {', '.join(own)}.", ""]
+        lines += [f"The routers' own work (their count minus `hooks`'): {', '.join(parts)}.", ""]
     return lines

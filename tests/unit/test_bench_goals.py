@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from bench.instructions import table
 from bench.procs import TWIN
-from bench.run import _goals, _throughput_table
+from bench.run import _goals, _order, _throughput_table
 
 
 def runs(rps: Mapping[str, float | Sequence[float]]) -> dict[str, Any]:
@@ -136,9 +137,6 @@ def test_the_twin_is_explained_only_when_it_was_measured() -> None:
 
 
 def test_the_instruction_table_gives_the_routers_own_work_over_hooks() -> None:
-    from bench.instructions import table
-    from bench.run import _order
-
     counts = {"bare": 9.0, "stream": 10.0, "hooks": 10.25, "addon-1000": 10.75}
     data = {
         "requests": 400,
