@@ -110,7 +110,7 @@ def instructions_bench(settings: Any, log: Any) -> dict[str, Any]:
     upstream = Upstream().start()
     tmp = Path(tempfile.mkdtemp(prefix="qr-bench-callgrind-"))
     try:
-        proxies = configs(upstream.port, sizes, tmp, shim=True)
+        proxies = configs(upstream.port, sizes, tmp, no_script=True)
         # Counts do not depend on what else runs: use both cores.
         with ThreadPoolExecutor(max_workers=2) as pool:
             runs = pool.map(lambda proxy: (proxy.name, measure(proxy, requests, log)), proxies)
@@ -121,6 +121,8 @@ def instructions_bench(settings: Any, log: Any) -> dict[str, Any]:
 
 
 def table(data: dict[str, Any], order: Any) -> list[str]:
+    from bench.procs import NO_SCRIPT
+
     lines = ["### Instructions per request (callgrind)", ""]
     if "skipped" in data:
         return [*lines, f"Not measured: {data['skipped']}.", ""]
@@ -130,10 +132,10 @@ def table(data: dict[str, Any], order: Any) -> list[str]:
         f"{data['requests']} requests over {CONNS} connections through each mitmdump under "
         "callgrind, after a warm-up. Not counted: the kernel's share and cache misses. Other "
         "threads: the router's saver, a lump per save (paced to 1 % of the process's time), "
-        "divided by the same requests. `shim`: bare mitmdump with only the bench's shim "
-        "(bench/shims/chatgpt.py), which `stream` and the routers load too: the part of their "
-        "count that is the bench's own. `hooks`: `stream` plus a script with the router's hooks, "
-        "all empty (what mitmproxy charges for a script with them).",
+        "divided by the same requests. `bare` loads the bench's shim (bench/shims/chatgpt.py) "
+        "as every configuration does; `no-script` is mitmdump with no script at all. `hooks`: "
+        "one script that streams as `stream` does and has the router's hooks, all empty (what "
+        "mitmproxy charges for a script of the router's shape).",
         "",
         "| config | M instructions per request, event loop | vs stream | vs bare "
         "| M in other threads |",
@@ -146,6 +148,13 @@ def table(data: dict[str, Any], order: Any) -> list[str]:
             f"{per[name] / per['bare']:.3f} | {others:.2f} |"
         )
     lines.append("")
+    if NO_SCRIPT in per:
+        shim = per["bare"] - per[NO_SCRIPT]
+        lines += [
+            f"The bench's shim (`bare` minus `{NO_SCRIPT}`): {shim / 1e6:.2f} M "
+            f"({shim / per[NO_SCRIPT]:.1%} of `{NO_SCRIPT}`), in every other configuration too.",
+            "",
+        ]
     if "hooks" in per:
         # What is left of a router's count once mitmproxy's share of calling such a script
         # is taken away: the router's own work.

@@ -27,6 +27,8 @@ from addon.statefile import StateFile
 
 REPO = Path(__file__).resolve().parent.parent
 SHIMS = REPO / "bench" / "shims"
+SHIM = SHIMS / "chatgpt.py"  # every configuration loads it: see bench/shims/chatgpt.py
+NO_SCRIPT = "no-script"  # mitmdump with no script at all, not even the shim
 ROUTER = REPO / "addon" / "router.py"
 PYTHON = sys.executable
 MITMDUMP = str(Path(sys.executable).parent / "mitmdump")
@@ -177,29 +179,28 @@ class Proxy:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def shim_proxy(name: str, upstream: int) -> Proxy:
-    """Bare mitmdump with the bench's shim alone: what the shim costs the configurations that
-    need it (stream, hooks, the routers), measured apart so it is not taken for theirs."""
-    return Proxy(name, upstream, scripts=[SHIMS / "chatgpt.py"])
+def bare_proxy(name: str, upstream: int) -> Proxy:
+    """mitmdump with nothing of its own: only the bench's shim, which every configuration
+    loads (reverse-mode requests made to look like Codex's), so that it costs them all alike."""
+    return Proxy(name, upstream, scripts=[SHIM])
 
 
 def stream_proxy(name: str, upstream: int) -> Proxy:
     """The fair baseline: mitmdump streaming SSE (as the router does), with the same shim."""
-    return Proxy(name, upstream, scripts=[SHIMS / "stream.py", SHIMS / "chatgpt.py"])
+    return Proxy(name, upstream, scripts=[SHIMS / "stream.py", SHIM])
 
 
 def hooks_proxy(name: str, upstream: int) -> Proxy:
-    """The `stream` baseline plus a script with the router's hooks, all empty."""
-    return Proxy(
-        name, upstream, scripts=[SHIMS / "hooks.py", SHIMS / "stream.py", SHIMS / "chatgpt.py"]
-    )
+    """One script that streams, as `stream` does, and has the router's hooks, all empty: the
+    router's shape (one script) without its work."""
+    return Proxy(name, upstream, scripts=[SHIMS / "hooks.py", SHIM])
 
 
 def router_proxy(name: str, upstream: int, state: Path, strategy: str = "fill_first") -> Proxy:
     proxy = Proxy(
         name,
         upstream,
-        scripts=[ROUTER, SHIMS / "chatgpt.py"],
+        scripts=[ROUTER, SHIM],
         ready=r"quota-router ready",
     )
     copy = proxy.workdir / "router-state.toml"
@@ -217,15 +218,16 @@ def configs(
     sizes: tuple[int, ...],
     tmp: Path,
     hooks: bool = True,
-    shim: bool = False,
+    no_script: bool = False,
     twin: bool = False,
 ) -> list[Proxy]:
-    """The end-to-end configurations, not started: bare (and shim), stream (and hooks), a
-    router per size (its state file written in `tmp`), and with `twin` a copy of `stream`
-    last, as far from it in each round as any configuration is."""
-    proxies = [Proxy("bare", upstream)]
-    if shim:
-        proxies.append(shim_proxy("shim", upstream))
+    """The end-to-end configurations, not started: bare (and with `no_script`, mitmdump with
+    no script at all), stream (and hooks), a router per size (its state file written in
+    `tmp`), and with `twin` a copy of `stream` last, as far from it in each round as any
+    configuration is."""
+    proxies = [bare_proxy("bare", upstream)]
+    if no_script:
+        proxies.append(Proxy(NO_SCRIPT, upstream))
     proxies.append(stream_proxy("stream", upstream))
     if hooks:
         proxies.append(hooks_proxy("hooks", upstream))
@@ -268,15 +270,18 @@ def _stop(proc: subprocess.Popen[Any] | None) -> None:
 
 
 __all__ = [
+    "NO_SCRIPT",
+    "SHIM",
     "TWIN",
     "Proxy",
     "State",
     "Upstream",
+    "bare_proxy",
     "configs",
     "hooks_proxy",
     "loadgen",
     "make_accounts",
     "routed",
     "router_proxy",
-    "shim_proxy",
+    "stream_proxy",
 ]

@@ -2,17 +2,19 @@
 
 Sections (all by default; `--only NAME ...` picks some):
   throughput  real mitmdump in reverse mode to a local SSE upstream: bare mitmdump, mitmdump with
-              a 3-line SSE-streaming script (the fair baseline: the router streams SSE, plain
+              a small SSE-streaming script (the fair baseline: the router streams SSE, plain
               mitmdump buffers it), and mitmdump with the router at 10 / 1,000 / 10,000
-              accounts; 1 and 8 connections; configurations interleaved round by round.
+              accounts; 1 and 8 connections; configurations interleaved round by round. Each
+              loads the bench's shim (bench/shims/chatgpt.py), bare mitmdump too.
   streaming   time to first SSE byte and per-event delay with events 300 ms apart.
   selection   microseconds per routing decision (Pool.choose) vs pool size, both strategies.
   state       save / load time vs pool size, and the event loop's longest stall while saving.
   memory      the router's RSS after 50,000 and 100,000 routed requests over 10,000
               conversations (in-process: Router driven with mitmproxy.test.tflow), and the
               full garbage collections meanwhile, with and without addon/heap.py.
-  instructions  instructions per request of bare, stream and the router, counted by callgrind
-              (valgrind): the same figure on a busy machine as on an idle one.
+  instructions  instructions per request of bare, stream and the router (and of mitmdump with
+              no script at all), counted by callgrind (valgrind): the same figure on a busy
+              machine as on an idle one.
 
 Everything measured side by side runs in one session; ratios are of medians over rounds.
 """
@@ -43,8 +45,11 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench import instructions  # noqa: E402
-from bench.procs import TWIN  # noqa: E402
+from bench.procs import NO_SCRIPT, TWIN  # noqa: E402
 
+# What the saved results' configurations mean (--json, --render). 2: `bare` loads the bench's
+# shim, as every configuration does.
+LAYOUT = 2
 SECTIONS = ("throughput", "streaming", "selection", "state", "memory", "instructions")
 
 
@@ -462,6 +467,10 @@ def _goals(results: dict[str, Any]) -> list[str]:
                     # The count leaves out the kernel's share, which streaming only adds to:
                     # what it allows is the most the router can reach.
                     shown = f"its instructions allow {counted:.3f} x bare"
+                    # The shim `bare` loads is the bench's, charged to every configuration alike.
+                    alone = _counted_rate(results, f"addon-{size}", NO_SCRIPT)
+                    if alone is not None:
+                        shown += f" ({alone:.3f} x `{NO_SCRIPT}`)"
                     verdict = f"not shown: {shown}" if verdict is True else f"**no**: {shown}"
                 rows.append(
                     (
@@ -532,14 +541,14 @@ def _goals(results: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
-def _counted_rate(results: dict[str, Any], name: str) -> float | None:
-    """The rate, as a fraction of bare's, that the instruction counts allow `name` (the event
-    loop is what limits a proxy's throughput); None when the run did not count both."""
+def _counted_rate(results: dict[str, Any], name: str, base: str = "bare") -> float | None:
+    """The rate, as a fraction of `base`'s, that the instruction counts allow `name` (the
+    event loop is what limits a proxy's throughput); None when the run did not count both."""
     configs = results.get("instructions", {}).get("configs", {})
-    if "bare" not in configs or name not in configs:
+    if base not in configs or name not in configs:
         return None
     return float(
-        configs["bare"]["instructions_per_request"] / configs[name]["instructions_per_request"]
+        configs[base]["instructions_per_request"] / configs[name]["instructions_per_request"]
     )
 
 
@@ -583,7 +592,8 @@ def _throughput_table(settings: Settings, data: dict[str, Any]) -> list[str]:
         "",
         f"Medians of {settings.rounds} interleaved rounds of {settings.duration:.0f} s "
         "(after a warm-up). Ratios: req/s against `stream` (mitmdump streaming SSE, the fair "
-        "baseline) and against `bare` (mitmdump buffering SSE, its default)."
+        "baseline) and against `bare` (mitmdump buffering SSE, its default). Every configuration, "
+        "`bare` too, loads the bench's shim (bench/shims/chatgpt.py)."
         + (
             f" `{TWIN}` is a second `stream`, identical, measured last in each round: its "
             "ratio to `stream` (1.000 on a quiet machine) is how far this run's machine moves "
@@ -625,9 +635,9 @@ def _cpu(runs: list[dict[str, Any]]) -> str:
 
 
 def _order(name: str) -> tuple[int, int]:
-    if name == "bare":
+    if name == NO_SCRIPT:
         return (0, 0)
-    if name == "shim":
+    if name == "bare":
         return (0, 1)
     if name == "stream":
         return (1, 0)
@@ -715,6 +725,25 @@ def _state_table(data: dict[str, Any]) -> list[str]:
 
 
 # -- main --------------------------------------------------------------------------------------
+def _saved(parser: argparse.ArgumentParser, path: Path) -> dict[str, Any]:
+    """The results a --json run wrote, or the parser's error saying what is wrong with them."""
+    try:
+        results = json.loads(path.read_text())
+    except OSError as e:
+        parser.error(f"--render: cannot read {path}: {e.strerror}")
+    except ValueError as e:
+        parser.error(f"--render: {path} is not a --json file of the bench: {e}")
+    if not isinstance(results, dict):
+        parser.error(f"--render: {path} is not a --json file of the bench")
+    if results.get("layout") != LAYOUT and ("throughput" in results or "instructions" in results):
+        parser.error(
+            f"--render: {path} was written by an older bench, whose `bare` loaded no script "
+            "(the other configurations loaded the bench's shim): its ratios would be shown "
+            "against another baseline than this report names. Run the bench again."
+        )
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -729,10 +758,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = Settings(args.quick)
     if args.render:
-        print(report(settings, json.loads(args.render.read_text())))
+        print(report(settings, _saved(parser, args.render)))
         return 0
     sections = args.only or list(SECTIONS)
     results: dict[str, Any] = {
+        "layout": LAYOUT,
         "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "date": datetime.date.today().isoformat(),
     }

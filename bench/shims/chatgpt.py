@@ -11,8 +11,8 @@ https://chatgpt.com:443/backend-api/codex/... One script, loaded AFTER the route
   upstream, which mitmproxy connects to after the `request` hooks.
 
 So the router's whole path runs as in production: choose, rewrite, affinity, usage from the
-headers, the SSE tap, the response hook, saving. The baseline it is compared with loads this
-script too (with bench/shims/stream.py instead of the router): both pay for it alike.
+headers, the SSE tap, the response hook, saving. Every configuration loads this script, `bare`
+mitmdump too: all pay for it alike (a real deployment, in regular proxy mode, has none of it).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""The bench's fair baseline (bench/shims/stream.py) through a real mitmdump: it streams SSE, and
+"""The bench's fair baseline (bench/shims/stream.py) and its `hooks` configuration (the same,
+with the router's hooks, empty, in one script) through a real mitmdump: each streams SSE, and
 keeps mitmproxy's per-answer "Streaming response" line out of the log, as the router does, so
-that the bench does not charge that line to the baseline alone."""
+that the bench does not charge that line to the baselines alone."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from bench.procs import Proxy, Upstream, loadgen, stream_proxy
+from bench.procs import Proxy, Upstream, hooks_proxy, loadgen, stream_proxy
 
 pytestmark = pytest.mark.e2e
 
@@ -22,9 +23,9 @@ def upstream() -> Iterator[Upstream]:
     upstream.stop()
 
 
-@pytest.fixture
-def baseline(upstream: Upstream) -> Iterator[Proxy]:
-    proxy = stream_proxy("stream", upstream.port).start()
+@pytest.fixture(params=[stream_proxy, hooks_proxy], ids=["stream", "hooks"])
+def baseline(upstream: Upstream, request: pytest.FixtureRequest) -> Iterator[Proxy]:
+    proxy = request.param("baseline", upstream.port).start()
     yield proxy
     proxy.stop()
 

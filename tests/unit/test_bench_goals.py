@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+import pytest
+
 from bench.instructions import table
-from bench.procs import TWIN
-from bench.run import _goals, _order, _throughput_table
+from bench.procs import NO_SCRIPT, TWIN
+from bench.run import LAYOUT, _goals, _order, _throughput_table, main
 
 
 def runs(rps: Mapping[str, float | Sequence[float]]) -> dict[str, Any]:
@@ -73,6 +77,15 @@ def test_a_goal_met_in_wall_clock_needs_the_instruction_counts_to_allow_it() -> 
     assert fast[GOAL_1000] == "yes"
 
 
+def test_the_counts_also_say_what_they_allow_against_mitmdump_with_no_script() -> None:
+    counts = {"bare": 9.0, NO_SCRIPT: 8.8, "addon-1000": 10.0}
+    found = verdicts({**CONFIGS, TWIN: 100.0}, counts)
+    assert (
+        found[GOAL_1000]
+        == f"not shown: its instructions allow 0.900 x bare (0.880 x `{NO_SCRIPT}`)"
+    )
+
+
 def test_a_goal_counted_under_its_floor_is_missed_however_noisy_the_wall_clock() -> None:
     # Within the twin's drift on the wall clock, but the counts (which leave out the kernel,
     # where streaming costs more still) cannot reach the floor.
@@ -136,16 +149,85 @@ def test_the_twin_is_explained_only_when_it_was_measured() -> None:
     assert TWIN not in without
 
 
-def test_the_instruction_table_gives_the_routers_own_work_over_hooks() -> None:
-    counts = {"bare": 9.0, "stream": 10.0, "hooks": 10.25, "addon-1000": 10.75}
-    data = {
+def counted(counts: dict[str, float]) -> dict[str, Any]:
+    """The instruction section's results: M instructions per request per configuration."""
+    return {
         "requests": 400,
         "configs": {
             name: {"instructions_per_request": m * 1e6, "other_threads_per_request": 0.0}
             for name, m in counts.items()
         },
     }
+
+
+def test_the_instruction_table_gives_the_routers_own_work_over_hooks() -> None:
+    data = counted({"bare": 9.0, "stream": 10.0, "hooks": 10.25, "addon-1000": 10.75})
     text = "\n".join(table(data, _order))
     assert "addon-1000 0.50 M (5.0% of `stream`)" in text
     del data["configs"]["hooks"]  # a run made before `hooks` was counted says nothing of it
     assert "own work" not in "\n".join(table(data, _order))
+
+
+def test_the_instruction_table_gives_what_the_shim_costs_every_configuration() -> None:
+    data = counted({NO_SCRIPT: 8.8, "bare": 9.0, "stream": 10.0})
+    lines = table(data, _order)
+    rows = [line.split(" | ")[0] for line in lines if line.startswith("| ") and "---" not in line]
+    assert rows[1:] == [f"| {NO_SCRIPT}", "| bare", "| stream"]
+    assert f"The bench's shim (`bare` minus `{NO_SCRIPT}`): 0.20 M (2.3% of `{NO_SCRIPT}`)" in (
+        "\n".join(lines)
+    )
+    del data["configs"][NO_SCRIPT]
+    assert "The bench's shim" not in "\n".join(table(data, _order))
+
+
+def render(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """`python -m bench --render PATH`: its exit status, and what it printed."""
+    try:
+        status = main(["--render", str(path)])
+    except SystemExit as e:
+        status = int(e.code or 0)
+    out = capsys.readouterr()
+    return status, out.out + out.err
+
+
+def test_render_prints_the_report_of_a_saved_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    throughput = runs(CONFIGS)
+    over_8 = {key.replace("@1", "@8"): rounds for key, rounds in throughput["runs"].items()}
+    throughput["runs"].update(over_8)  # a full run's two concurrencies
+    saved = tmp_path / "run.json"
+    saved.write_text(json.dumps({"layout": LAYOUT, "throughput": throughput}))
+    status, text = render(saved, capsys)
+    assert status == 0
+    assert "| addon-1000 | 1 | 97 | 0.970 | 0.970 |" in text
+
+
+def test_render_refuses_a_run_whose_bare_loaded_no_script(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    saved = tmp_path / "old.json"
+    saved.write_text(json.dumps({"throughput": runs(CONFIGS)}))  # no layout: before the shim
+    status, text = render(saved, capsys)
+    assert status == 2
+    assert "written by an older bench, whose `bare` loaded no script" in text
+    assert "Traceback" not in text
+    # Sections that do not compare with `bare` still render.
+    saved.write_text(json.dumps({"state": {}}))
+    assert render(saved, capsys)[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [(None, "cannot read"), ("{not json", "is not a --json file"), ("[1]", "is not a --json")],
+)
+def test_render_names_what_is_wrong_with_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None, says: str
+) -> None:
+    saved = tmp_path / "run.json"
+    if content is not None:
+        saved.write_text(content)
+    status, text = render(saved, capsys)
+    assert status == 2
+    assert "--render: " in text and str(saved) in text and says in text
+    assert "Traceback" not in text
