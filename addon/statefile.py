@@ -539,10 +539,15 @@ def _acquire(path: Path, timeout: float, busy: str, directory: bool = False) -> 
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         else:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            # Not followed: a link planted in a shared directory would have this user create
+            # (and lock) a file wherever it points.
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | _O_NOFOLLOW, 0o600)
     except OSError as e:
         # Named: "cannot write" with the state file's name would send the user elsewhere.
-        reason = f"{path.parent} is not a directory" if e.errno == errno.EEXIST else e.strerror
+        reason = {
+            errno.EEXIST: f"{path.parent} is not a directory",
+            errno.ELOOP: "it is a symbolic link, which a lock file must not be",
+        }.get(e.errno or 0, e.strerror)
         raise LockUnavailable(f"{path}: cannot open the lock file: {reason}") from None
     try:
         deadline = time.monotonic() + timeout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import multiprocessing
 import os
 import stat
@@ -426,6 +427,37 @@ def test_a_lock_file_that_cannot_be_opened_is_named(state_path: Path) -> None:
     lock.mkdir()
     with pytest.raises(StateFileError, match=r"\.lock: cannot open the lock file: Is a directory"):
         StateFile(state_path).edit(lambda state: None)
+
+
+def test_a_lock_file_that_is_a_symlink_is_not_followed(state_path: Path, tmp_path: Path) -> None:
+    write_state(state_path, account("work"))
+    lock = state_path.with_name(state_path.name + ".lock")
+    lock.unlink(missing_ok=True)
+    elsewhere = tmp_path / "elsewhere" / "made-by-the-router"
+    elsewhere.parent.mkdir()
+    lock.symlink_to(elsewhere)
+    with pytest.raises(
+        StateFileError, match=r"\.lock: cannot open the lock file: it is a symbolic"
+    ):
+        StateFile(state_path).edit(lambda state: state.accounts.clear())
+    assert not elsewhere.exists()
+    assert [a.name for a in StateFile(state_path).load().accounts] == ["work"]
+
+
+def test_a_refresh_lock_that_is_a_symlink_is_not_followed(
+    state_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_state(state_path, account("work"))
+    file = StateFile(state_path)
+    lock = file.refresh_lock_path("acct-1")
+    lock.parent.mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere" / "made-by-the-router"
+    elsewhere.parent.mkdir()
+    lock.symlink_to(elsewhere)
+    with caplog.at_level(logging.WARNING), file.refreshing("acct-1"):
+        pass  # refreshes take turns on the directory's lock instead
+    assert not elsewhere.exists()
+    assert "it is a symbolic link" in caplog.text and "take turns" in caplog.text
 
 
 def test_a_newer_file_version_is_an_error(state_path: Path) -> None:
