@@ -86,13 +86,20 @@ def test_the_counts_also_say_what_they_allow_against_mitmdump_with_no_script() -
     )
 
 
+def test_a_goal_the_wall_clock_could_not_show_gives_what_the_counts_allow() -> None:
+    counts = {"bare": 9.0, "addon-1000": 9.3}
+    noisy = verdicts({**CONFIGS, TWIN: 90.0}, counts)
+    assert noisy[GOAL_1000] == (
+        "not shown: within this run's noise (10%); its instructions allow 0.968 x bare"
+    )
+    assert verdicts({**CONFIGS, TWIN: 100.0}, counts)[GOAL_1000] == "yes"
+
+
 def test_a_goal_counted_under_its_floor_is_missed_however_noisy_the_wall_clock() -> None:
     # Within the twin's drift on the wall clock, but the counts (which leave out the kernel,
     # where streaming costs more still) cannot reach the floor.
     noisy = verdicts({**CONFIGS, TWIN: 90.0}, {"bare": 9.0, "addon-1000": 10.0})
     assert noisy[GOAL_1000] == "**no**: its instructions allow 0.900 x bare"
-    allowed = verdicts({**CONFIGS, TWIN: 90.0}, {"bare": 9.0, "addon-1000": 9.3})
-    assert allowed[GOAL_1000] == "not shown: within this run's noise (10%)"
 
 
 def test_the_noise_is_the_twins_widest_round_not_only_its_median() -> None:
