@@ -760,7 +760,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = Settings(args.quick)
     if args.render:
-        print(report(settings, _saved(parser, args.render)))
+        results = _saved(parser, args.render)
+        try:
+            text = report(settings, results)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+            parser.error(
+                f"--render: {args.render} does not hold the results of a bench run "
+                f"({type(e).__name__}: {e})"
+            )
+        print(text)
         return 0
     sections = args.only or list(SECTIONS)
     results: dict[str, Any] = {

@@ -226,7 +226,12 @@ def test_render_refuses_a_run_whose_bare_loaded_no_script(
 
 @pytest.mark.parametrize(
     ("content", "says"),
-    [(None, "cannot read"), ("{not json", "is not a --json file"), ("[1]", "is not a --json")],
+    [
+        (None, "cannot read"),
+        ("{not json", "is not a --json file"),
+        ("[1]", "is not a --json"),
+        (json.dumps({"layout": LAYOUT, "throughput": 5}), "does not hold the results"),
+    ],
 )
 def test_render_names_what_is_wrong_with_the_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None, says: str
